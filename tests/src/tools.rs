@@ -1,0 +1,48 @@
+//! Where the installed service binaries are. `scripts/install-services.sh` puts them under
+//! `$LAGSCALE_TOOLS` (default `~/.cache/lagscale/tools`); each can be overridden by its own
+//! environment variable.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LAGSCALE_TOOLS") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/lagscale/tools")
+}
+
+fn locate(tool: &'static str, env: &'static str, default: PathBuf) -> Result<PathBuf> {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
+    if path.is_file() { Ok(path) } else { Err(Error::ToolMissing { tool, path, env }) }
+}
+
+pub fn noida_db() -> Result<PathBuf> {
+    locate("noida-db", "LAGSCALE_NOIDA_DB", tools_dir().join("noida-db-0.2.3/noida-db"))
+}
+
+pub fn mongod() -> Result<PathBuf> {
+    locate("mongod", "LAGSCALE_MONGOD", tools_dir().join("mongod-6.0.5/mongod"))
+}
+
+pub fn etcd() -> Result<PathBuf> {
+    locate("etcd", "LAGSCALE_ETCD", PathBuf::from("/usr/bin/etcd"))
+}
+
+pub fn kubectl() -> Result<PathBuf> {
+    locate("kubectl", "LAGSCALE_KUBECTL", PathBuf::from("/usr/bin/kubectl"))
+}
+
+pub fn kube_apiserver() -> Result<PathBuf> {
+    locate("kube-apiserver", "LAGSCALE_KUBE_APISERVER", tools_dir().join("kube-1.20.2/kube-apiserver"))
+}
+
+pub fn kube_controller_manager() -> Result<PathBuf> {
+    locate(
+        "kube-controller-manager",
+        "LAGSCALE_KUBE_CONTROLLER_MANAGER",
+        tools_dir().join("kube-1.20.2/kube-controller-manager"),
+    )
+}
