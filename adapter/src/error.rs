@@ -1,0 +1,84 @@
+//! Errors by kind: each has a stable `kind()` label for the poll-error counter.
+
+/// A failure talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("I/O with {addr}: {source}")]
+    Io { addr: String, source: std::io::Error },
+    #[error("{api} to {addr} timed out")]
+    Timeout { addr: String, api: &'static str },
+    #[error("{api} with {addr}: malformed exchange: {message}")]
+    Protocol { api: &'static str, addr: String, message: String },
+    #[error("{api} ({context}): broker error {code} ({name})")]
+    Broker { api: &'static str, code: i16, name: &'static str, context: String },
+    #[error("{api} is not supported by the broker at {addr}")]
+    Unsupported { api: &'static str, addr: String },
+    #[error("no broker reachable (tried {tried})")]
+    NoBrokers { tried: String },
+    #[error("broker {id} is not in the cluster metadata")]
+    UnknownBroker { id: i32 },
+}
+
+impl KafkaError {
+    pub fn broker(api: &'static str, code: i16, context: impl Into<String>) -> Self {
+        Self::Broker { api, code, name: error_name(code), context: context.into() }
+    }
+
+    /// A label for metrics: what kind of failure, never which broker or group.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } | Self::NoBrokers { .. } => "connect",
+            Self::Io { .. } => "io",
+            Self::Timeout { .. } => "timeout",
+            Self::Protocol { .. } => "protocol",
+            Self::Broker { .. } | Self::UnknownBroker { .. } => "broker_error",
+            Self::Unsupported { .. } => "unsupported",
+        }
+    }
+}
+
+/// Names of the error codes the collector meets.
+pub fn error_name(code: i16) -> &'static str {
+    match code {
+        0 => "NONE",
+        3 => "UNKNOWN_TOPIC_OR_PARTITION",
+        5 => "LEADER_NOT_AVAILABLE",
+        6 => "NOT_LEADER_OR_FOLLOWER",
+        7 => "REQUEST_TIMED_OUT",
+        14 => "COORDINATOR_LOAD_IN_PROGRESS",
+        15 => "COORDINATOR_NOT_AVAILABLE",
+        16 => "NOT_COORDINATOR",
+        29 => "TOPIC_AUTHORIZATION_FAILED",
+        30 => "GROUP_AUTHORIZATION_FAILED",
+        31 => "CLUSTER_AUTHORIZATION_FAILED",
+        35 => "UNSUPPORTED_VERSION",
+        69 => "GROUP_ID_NOT_FOUND",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Configuration that cannot work; reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("parse {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// A failure of the serving side (TLS material, sockets).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("serve: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}

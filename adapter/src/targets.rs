@@ -1,0 +1,149 @@
+//! Named scaling targets, from a YAML/JSON file (a ConfigMap in the cluster). A target is how a
+//! group whose name cannot be a label value (63 chars of [A-Za-z0-9_.-]) gets scaled, and how
+//! an admin pins topics, a per-replica lag, the uncommitted-offset policy and the cap.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::lag::OffsetPolicy;
+
+/// Metric names served for every group; targets may not take them.
+pub const LAG_METRIC: &str = "kafka_consumergroup_lag";
+pub const LAG_SECONDS_METRIC: &str = "kafka_consumergroup_lag_seconds";
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetsFile {
+    #[serde(default)]
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Target {
+    /// The metric name the HPA asks for.
+    pub name: String,
+    pub consumer_group: String,
+    /// Topics the group consumes; lag is summed over all their partitions, committed or not.
+    pub topics: Vec<String>,
+    /// The HPA's AverageValue target: lag one replica is expected to carry.
+    pub lag_per_replica: u64,
+    #[serde(default)]
+    pub uncommitted_offset_policy: OffsetPolicy,
+    /// Never ask for more replicas than partitions (default on).
+    #[serde(default = "yes")]
+    pub cap_at_partitions: bool,
+    /// Namespaces that may read this metric; empty means any.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Metric names are path segments: no `/`, `%`, `.`/`..`, at most 253 characters.
+pub fn is_valid_metric_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl TargetsFile {
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let file: Self = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
+        file.validate().map_err(|m| ConfigError::Parse { path: origin.to_owned(), message: m })?;
+        Ok(file)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut names = BTreeSet::new();
+        for t in &self.targets {
+            let at = format!("target {:?}", t.name);
+            if !is_valid_metric_name(&t.name) {
+                return Err(format!("{at}: name must be 1-253 characters of [A-Za-z0-9_.-]"));
+            }
+            if t.name == LAG_METRIC || t.name == LAG_SECONDS_METRIC {
+                return Err(format!("{at}: name is reserved for the built-in metric"));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("{at}: defined twice"));
+            }
+            if t.consumer_group.is_empty() {
+                return Err(format!("{at}: consumerGroup is empty"));
+            }
+            if t.topics.is_empty() || t.topics.iter().any(|topic| topic.is_empty() || topic.len() > 249) {
+                return Err(format!("{at}: topics must list 1-249 character topic names"));
+            }
+            if t.lag_per_replica == 0 {
+                return Err(format!("{at}: lagPerReplica must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_yaml_with_defaults() {
+        let file = TargetsFile::parse(
+            "targets:\n- name: projection-lag\n  consumerGroup: processor\n  topics: [gpu_metrics, token_usage]\n  lagPerReplica: 100\n",
+            "test",
+        )
+        .expect("valid");
+        let t = &file.targets[0];
+        assert_eq!(t.uncommitted_offset_policy, OffsetPolicy::Latest);
+        assert!(t.cap_at_partitions);
+        assert!(t.namespaces.is_empty());
+        let json = TargetsFile::parse(
+            r#"{"targets":[{"name":"a","consumerGroup":"g","topics":["t"],"lagPerReplica":5,"uncommittedOffsetPolicy":"earliest","capAtPartitions":false}]}"#,
+            "json",
+        )
+        .expect("json is yaml");
+        assert_eq!(json.targets[0].uncommitted_offset_policy, OffsetPolicy::Earliest);
+        assert!(!json.targets[0].cap_at_partitions);
+    }
+
+    #[test]
+    fn rejects_bad_targets_with_the_reason() {
+        let base = "consumerGroup: g\n  topics: [t]\n  lagPerReplica: 10";
+        for (yaml, reason) in [
+            (format!("targets:\n- name: a/b\n  {base}"), "name must be"),
+            (format!("targets:\n- name: kafka_consumergroup_lag\n  {base}"), "reserved"),
+            (format!("targets:\n- name: a\n  {base}\n- name: a\n  {base}"), "defined twice"),
+            ("targets:\n- name: a\n  consumerGroup: g\n  topics: []\n  lagPerReplica: 1".to_owned(), "topics"),
+            ("targets:\n- name: a\n  consumerGroup: g\n  topics: [t]\n  lagPerReplica: 0".to_owned(), "lagPerReplica"),
+            (format!("targets:\n- name: a\n  {base}\n  lagPerReplicas: 3"), "unknown field"),
+            (format!("targets:\n- name: a\n  {base}\n  uncommittedOffsetPolicy: newest"), "unknown variant"),
+            ("targets: [".to_owned(), ""),
+        ] {
+            let err = TargetsFile::parse(&yaml, "file.yaml").expect_err(&yaml).to_string();
+            assert!(err.contains("file.yaml") && err.contains(reason), "{yaml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn metric_names_are_path_segments() {
+        for ok in ["a", "kafka_consumergroup_lag", "x.y-z_1"] {
+            assert!(is_valid_metric_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a%2F", "a b", &"x".repeat(254)] {
+            assert!(!is_valid_metric_name(bad), "{bad}");
+        }
+    }
+}
