@@ -172,11 +172,8 @@ impl Collector {
     ) -> Result<Collected, KafkaError> {
         // 1. Metadata: brokers, topics, partition leaders.
         let metadata = self.metadata().await?;
-        self.brokers = metadata
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
-            .collect();
+        self.brokers =
+            metadata.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port))).collect();
         self.conns.retain(|id, _| self.brokers.contains_key(id));
         let mut leaders: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for topic in &metadata.topics {
@@ -290,12 +287,17 @@ impl Collector {
         let version = conn.version::<FindCoordinatorRequest>("FindCoordinator", 4)?;
         let mut found = Vec::new();
         if version >= 4 {
-            let request = FindCoordinatorRequest::default().with_coordinator_keys(missing.iter().map(|g| sb(g)).collect());
+            let request =
+                FindCoordinatorRequest::default().with_coordinator_keys(missing.iter().map(|g| sb(g)).collect());
             let response = conn.send(&request, version).await?;
             self.count("FindCoordinator");
             for c in response.coordinators {
                 if c.error_code != 0 {
-                    return Err(KafkaError::broker("FindCoordinator", c.error_code, format!("group {}", c.key.as_str())));
+                    return Err(KafkaError::broker(
+                        "FindCoordinator",
+                        c.error_code,
+                        format!("group {}", c.key.as_str()),
+                    ));
                 }
                 found.push((c.key.as_str().to_owned(), c.node_id.0));
             }
@@ -339,7 +341,10 @@ impl Collector {
                 for t in g.topics {
                     for p in t.partitions {
                         if p.error_code == 0 && p.committed_offset >= 0 {
-                            commits.entry(t.name.0.as_str().to_owned()).or_default().insert(p.partition_index, p.committed_offset);
+                            commits
+                                .entry(t.name.0.as_str().to_owned())
+                                .or_default()
+                                .insert(p.partition_index, p.committed_offset);
                         }
                     }
                 }
@@ -347,7 +352,10 @@ impl Collector {
             }
         } else {
             if version < 2 {
-                return Err(KafkaError::Unsupported { api: "OffsetFetch v2+ (all topics)", addr: conn.addr().to_owned() });
+                return Err(KafkaError::Unsupported {
+                    api: "OffsetFetch v2+ (all topics)",
+                    addr: conn.addr().to_owned(),
+                });
             }
             for group in groups {
                 let conn = self.conn(coordinator).await?;
@@ -359,7 +367,10 @@ impl Collector {
                 for t in response.topics {
                     for p in t.partitions {
                         if p.error_code == 0 && p.committed_offset >= 0 {
-                            commits.entry(t.name.0.as_str().to_owned()).or_default().insert(p.partition_index, p.committed_offset);
+                            commits
+                                .entry(t.name.0.as_str().to_owned())
+                                .or_default()
+                                .insert(p.partition_index, p.committed_offset);
                         }
                     }
                 }
@@ -422,7 +433,9 @@ impl Collector {
                     .map(|(topic, ps)| {
                         ListOffsetsTopic::default().with_name(TopicName(sb(topic))).with_partitions(
                             ps.into_iter()
-                                .map(|p| ListOffsetsPartition::default().with_partition_index(p).with_timestamp(timestamp))
+                                .map(|p| {
+                                    ListOffsetsPartition::default().with_partition_index(p).with_timestamp(timestamp)
+                                })
                                 .collect(),
                         )
                     })

@@ -78,7 +78,11 @@ pub fn target_value(total_lag: u64, lag_per_replica: u64, partitions: u32, membe
             // clears the tolerance, with a margin for float rounding in the controller.
             let base = i128::from(per) * 1000 * i128::from(r);
             let milli = base * 11 / 10 + 1 + base / 1_000_000;
-            TargetValue { value: Quantity::from_nanos(milli * 1_000_000), uncapped_replicas, cap: CapApplied::AboveTolerance }
+            TargetValue {
+                value: Quantity::from_nanos(milli * 1_000_000),
+                uncapped_replicas,
+                cap: CapApplied::AboveTolerance,
+            }
         }
         _ => TargetValue { value: at_partitions, uncapped_replicas, cap: CapApplied::AtPartitions },
     }

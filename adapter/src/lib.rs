@@ -5,12 +5,31 @@
 //! [`history`] for seconds) -> [`poller`] (publishes immutable snapshots) -> [`api`] (answers
 //! from the latest snapshot; [`selector`], [`quantity`], [`status`]).
 
+pub mod api;
 pub mod collector;
+pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod history;
 pub mod lag;
+pub mod metrics;
+pub mod poller;
 pub mod quantity;
 pub mod selector;
+pub mod server;
 pub mod snapshot;
+pub mod status;
 pub mod targets;
+pub mod tls;
 pub mod wire;
+
+/// Logs through `tracing`: text for terminals, JSON for containers; level from RUST_LOG.
+pub fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}

@@ -110,11 +110,19 @@ fn topic_lag(
         let committed = commits.and_then(|c| c.get(&partition)).copied();
         let lag = partition_lag(committed, *m, policy);
         // Where the consumer would start: its commit, else what the policy says.
-        let from = committed.map_or(if policy == OffsetPolicy::Earliest { m.log_start } else { m.log_end }, |c| c.max(m.log_start));
+        let from = committed
+            .map_or(if policy == OffsetPolicy::Earliest { m.log_start } else { m.log_end }, |c| c.max(m.log_start));
         let lag_seconds = if lag == 0 { 0.0 } else { histories.lag_seconds(topic, partition, from, m.log_end, now) };
         out.lag += lag;
         out.lag_seconds = out.lag_seconds.max(lag_seconds);
-        out.partitions.push(PartitionLag { partition, committed, log_start: m.log_start, log_end: m.log_end, lag, lag_seconds });
+        out.partitions.push(PartitionLag {
+            partition,
+            committed,
+            log_start: m.log_start,
+            log_end: m.log_end,
+            lag,
+            lag_seconds,
+        });
     }
     out
 }

@@ -60,7 +60,8 @@ impl Connection {
     /// The highest version of `R` both sides speak, capped at `preferred`.
     pub fn version<R: Request>(&self, api: &'static str, preferred: i16) -> Result<i16, KafkaError> {
         let ours = <R as Message>::VERSIONS;
-        let (min, max) = self.versions.get(&R::KEY).copied().ok_or(KafkaError::Unsupported { api, addr: self.addr.clone() })?;
+        let (min, max) =
+            self.versions.get(&R::KEY).copied().ok_or(KafkaError::Unsupported { api, addr: self.addr.clone() })?;
         let version = max.min(preferred).min(ours.max);
         if version < min.max(ours.min) {
             return Err(KafkaError::Unsupported { api, addr: self.addr.clone() });

@@ -117,6 +117,29 @@ impl Broker {
         Ok(())
     }
 
+    /// Deletes the records of `topic`/`partition` below `before` (what retention does).
+    pub async fn delete_records(&self, topic: &str, partition: i32, before: i64) -> Result<()> {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(before))?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let result = self.admin()?.delete_records(&tpl, &options).await?;
+        for e in result.elements() {
+            if let Err(code) = e.error() {
+                return Err(Error::Other(format!("delete records {topic}/{partition}: {code}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a consumer group and its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in self.admin()?.delete_groups(&[group], &options).await? {
+            result.map_err(|(group, code)| Error::Other(format!("delete group {group}: {code}")))?;
+        }
+        Ok(())
+    }
+
     /// Graceful stop (SIGTERM); data stays for a later [`Broker::restart`].
     pub fn stop(&mut self) {
         self.process.stop(Duration::from_secs(10));

@@ -1,0 +1,414 @@
+//! The HTTP API: discovery, the external metric route, health, OpenAPI. Every answer comes from
+//! the latest published snapshot; nothing here waits on Kafka.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::discovery;
+use crate::metrics::Metrics;
+use crate::poller::Shared;
+use crate::quantity::Quantity;
+use crate::selector::{Selector, is_valid_label_value};
+use crate::snapshot::{Snapshot, TargetLag};
+use crate::status::{Empty, Status, go_json, json_response};
+use crate::targets::{LAG_METRIC, LAG_SECONDS_METRIC, is_valid_metric_name};
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Past this age the last good snapshot is no longer served (503 instead).
+    pub max_snapshot_age: Duration,
+    /// The poll loop is considered stuck when it has not attempted a cycle for this long.
+    pub liveness_window: Duration,
+}
+
+/// The rendered resource list and the metric names it was rendered for.
+type DiscoveryCache = Arc<RwLock<(Vec<String>, Arc<Vec<u8>>)>>;
+
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub shared: Arc<Shared>,
+    pub metrics: Metrics,
+    pub config: ApiConfig,
+    discovery: DiscoveryCache,
+    started: Instant,
+}
+
+impl ApiState {
+    pub fn new(shared: Arc<Shared>, metrics: Metrics, config: ApiConfig) -> Self {
+        Self {
+            shared,
+            metrics,
+            config,
+            discovery: Arc::new(RwLock::new((Vec::new(), Arc::new(Vec::new())))),
+            started: Instant::now(),
+        }
+    }
+
+    /// Served metric names: the two built-ins, then every target.
+    fn metric_names(&self) -> Vec<String> {
+        let mut names = vec![LAG_METRIC.to_owned(), LAG_SECONDS_METRIC.to_owned()];
+        names.extend(self.shared.targets().iter().map(|t| t.name.clone()));
+        names
+    }
+
+    /// The resource list, re-rendered only when the set of names changed.
+    fn resource_list(&self) -> Arc<Vec<u8>> {
+        let names = self.metric_names();
+        if let Ok(cached) = self.discovery.read()
+            && cached.0 == names
+        {
+            return Arc::clone(&cached.1);
+        }
+        let body = Arc::new(discovery::api_resource_list(&names));
+        if let Ok(mut cached) = self.discovery.write() {
+            *cached = (names, Arc::clone(&body));
+        }
+        body
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    let group = Arc::new(discovery::api_group());
+    let groups = Arc::new(discovery::api_group_list());
+    let v2 = Arc::new(discovery::openapi_v2());
+    let v3 = Arc::new(discovery::openapi_v3_index());
+    let v3_group = Arc::new(discovery::openapi_v3_group());
+    let fixed = |body: Arc<Vec<u8>>| move || async move { json_response(StatusCode::OK, body.as_ref().clone()) };
+    Router::new()
+        .route("/apis", get(fixed(groups)))
+        .route("/apis/external.metrics.k8s.io", get(fixed(group)))
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1",
+            get(|State(s): State<ApiState>| async move {
+                json_response(StatusCode::OK, s.resource_list().as_ref().clone())
+            }),
+        )
+        .route("/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}", get(external_metric))
+        .route("/openapi/v2", get(fixed(v2)))
+        .route("/openapi/v3", get(fixed(v3)))
+        .route("/openapi/v3/apis/external.metrics.k8s.io/v1beta1", get(fixed(v3_group)))
+        .route("/healthz", get(|s: State<ApiState>, q: RawQuery| health(s, q, Probe::Live)))
+        .route("/livez", get(|s: State<ApiState>, q: RawQuery| health(s, q, Probe::Live)))
+        .route("/readyz", get(|s: State<ApiState>, q: RawQuery| health(s, q, Probe::Ready)))
+        .fallback(|| async { Status::not_found("", "the server could not find the requested resource") })
+        .method_not_allowed_fallback(|method: Method| async move { Status::method_not_allowed(method.as_str()) })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts every request by route template (bounded cardinality) and code, and times it.
+async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.http_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    state.metrics.http_requests.with_label_values(&[&route, response.status().as_str()]).inc();
+    response
+}
+
+#[derive(Serialize)]
+struct ValueList<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Empty,
+    items: Vec<Value<'a>>,
+}
+
+#[derive(Serialize)]
+struct Value<'a> {
+    #[serde(rename = "metricName")]
+    metric_name: &'a str,
+    #[serde(rename = "metricLabels")]
+    metric_labels: Option<BTreeMap<&'static str, &'a str>>,
+    timestamp: &'a str,
+    value: Quantity,
+}
+
+/// DNS-1123 label: what a namespace name must be. `*` and `..` are not namespaces.
+fn is_valid_namespace(ns: &str) -> bool {
+    let b = ns.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    t.format(&format).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+fn selector_from_query(query: Option<&str>) -> Result<Selector, Status> {
+    let Some(query) = query else { return Ok(Selector::default()) };
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| Status::bad_request(format!("malformed query string: {e}")))?;
+    // Like Go's url.Values.Get: the first labelSelector counts.
+    match pairs.into_iter().find(|(k, _)| k == "labelSelector") {
+        Some((_, text)) => Selector::parse(&text).map_err(|e| Status::bad_request(e.to_string())),
+        None => Ok(Selector::default()),
+    }
+}
+
+/// The snapshot, if it is fresh enough to serve; else why not, as a 503.
+fn fresh_snapshot(state: &ApiState) -> Result<Arc<Snapshot>, Status> {
+    let status = state.shared.status();
+    let last_error = status.last_error.map(|e| format!("; last collection error: {e}")).unwrap_or_default();
+    let Some(snapshot) = state.shared.snapshot() else {
+        return Err(Status::unavailable(format!(
+            "no lag data yet: the first collection from Kafka has not succeeded{last_error}"
+        )));
+    };
+    let age = snapshot.age(SystemTime::now());
+    if age > state.config.max_snapshot_age {
+        return Err(Status::unavailable(format!(
+            "lag data is stale: last collected {}s ago, more than the {}s allowed{last_error}",
+            age.as_secs(),
+            state.config.max_snapshot_age.as_secs()
+        )));
+    }
+    Ok(snapshot)
+}
+
+async fn external_metric(
+    State(state): State<ApiState>,
+    Path((namespace, metric)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match answer(&state, &namespace, &metric, query.as_deref()) {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(status) => status.into_response(),
+    }
+}
+
+fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) -> Result<Vec<u8>, Status> {
+    if !is_valid_namespace(namespace) {
+        return Err(Status::bad_request(format!(
+            "invalid namespace {namespace:?}: must be a DNS-1123 label (external metrics have no cluster scope)"
+        )));
+    }
+    if !is_valid_metric_name(metric) {
+        return Err(Status::bad_request(format!("invalid metric name {metric:?}: 1-253 characters of [A-Za-z0-9_.-]")));
+    }
+    let selector = selector_from_query(query)?;
+    let targets = state.shared.targets();
+    let target = targets.iter().find(|t| t.name == metric).cloned();
+    if metric != LAG_METRIC && metric != LAG_SECONDS_METRIC && target.is_none() {
+        return Err(Status::not_found(metric, format!("metric {metric:?} is not served by this adapter")));
+    }
+    if let Some(t) = &target
+        && !t.namespaces.is_empty()
+        && !t.namespaces.iter().any(|n| n == namespace)
+    {
+        return Err(Status::not_found(metric, format!("metric {metric:?} is not served in namespace {namespace:?}")));
+    }
+    let snapshot = fresh_snapshot(state)?;
+    let timestamp = rfc3339(snapshot.collected_at);
+
+    if let Some(t) = target {
+        let lag = snapshot.targets.get(&t.name).ok_or_else(|| {
+            Status::unavailable(format!("target {metric:?} was added after the last collection; retry shortly"))
+        })?;
+        return target_answer(metric, lag, &selector, &timestamp);
+    }
+
+    // Every (group, topic) the selector matches.
+    let mut matched = Vec::new();
+    for (group, g) in &snapshot.groups {
+        for (topic, t) in &g.topics {
+            let labels = BTreeMap::from([("consumergroup", group.as_str()), ("topic", topic.as_str())]);
+            if selector.matches(&labels) {
+                matched.push((labels, t));
+            }
+        }
+    }
+    if matched.is_empty() {
+        if let Some(pinned) = selector.pinned_values("consumergroup") {
+            let quote = |names: &[&str]| names.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ");
+            let absent: Vec<&str> = pinned.iter().copied().filter(|g| !snapshot.groups.contains_key(*g)).collect();
+            if !absent.is_empty() {
+                return Err(Status::not_found(
+                    absent[0],
+                    format!("consumer group {} not found in Kafka", quote(&absent)),
+                ));
+            }
+            let idle: Vec<&str> = pinned
+                .iter()
+                .copied()
+                .filter(|g| snapshot.groups.get(*g).is_some_and(|x| x.topics.is_empty()))
+                .collect();
+            if !idle.is_empty() {
+                return Err(Status::not_found(
+                    idle[0],
+                    format!("consumer group {} has no committed offsets on existing topics", quote(&idle)),
+                ));
+            }
+        }
+        return Err(Status::not_found(
+            metric,
+            format!("no consumer group with committed offsets matches selector {:?}", selector.to_string()),
+        ));
+    }
+    let items = if metric == LAG_METRIC {
+        matched
+            .iter()
+            .map(|(labels, t)| Value {
+                metric_name: metric,
+                metric_labels: Some(labels.clone()),
+                timestamp: &timestamp,
+                value: Quantity::from_count(t.lag),
+            })
+            .collect()
+    } else {
+        // One item: the oldest unconsumed message over the selection, labelled with where it is.
+        let (labels, worst) = matched
+            .iter()
+            .max_by(|a, b| a.1.lag_seconds.total_cmp(&b.1.lag_seconds))
+            .map(|(l, t)| (l.clone(), t.lag_seconds))
+            .unwrap_or_default();
+        vec![Value {
+            metric_name: metric,
+            metric_labels: Some(labels),
+            timestamp: &timestamp,
+            value: Quantity::from_f64((worst * 1000.0).round() / 1000.0),
+        }]
+    };
+    Ok(go_json(&ValueList {
+        kind: "ExternalMetricValueList",
+        api_version: discovery::GROUP_VERSION,
+        metadata: Empty {},
+        items,
+    }))
+}
+
+fn target_answer(metric: &str, lag: &TargetLag, selector: &Selector, timestamp: &str) -> Result<Vec<u8>, Status> {
+    if lag.topics.is_empty() {
+        return Err(Status::not_found(
+            metric,
+            format!("none of the topics of target {metric:?} exist in Kafka: {}", lag.missing_topics.join(", ")),
+        ));
+    }
+    let mut labels = BTreeMap::from([("target", metric)]);
+    // Group ids are arbitrary strings; only those that are valid label values become labels.
+    if is_valid_label_value(&lag.consumer_group) {
+        labels.insert("consumergroup", lag.consumer_group.as_str());
+    }
+    if !selector.matches(&labels) {
+        return Err(Status::not_found(
+            metric,
+            format!("target {metric:?} does not match selector {:?}", selector.to_string()),
+        ));
+    }
+    let item = Value { metric_name: metric, metric_labels: Some(labels), timestamp, value: lag.value.value };
+    Ok(go_json(&ValueList {
+        kind: "ExternalMetricValueList",
+        api_version: discovery::GROUP_VERSION,
+        metadata: Empty {},
+        items: vec![item],
+    }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Live,
+    Ready,
+}
+
+/// `/livez` and `/healthz`: the process and its poll loop run. `/readyz`: it can answer the
+/// HPA (a fresh enough snapshot exists). `?verbose` lists the checks; `?exclude=NAME` skips one.
+async fn health(State(state): State<ApiState>, RawQuery(query): RawQuery, probe: Probe) -> Response {
+    let pairs: Vec<(String, String)> =
+        query.as_deref().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
+    let verbose = pairs.iter().any(|(k, _)| k == "verbose");
+    let excluded: Vec<&str> = pairs.iter().filter(|(k, _)| k == "exclude").map(|(_, v)| v.as_str()).collect();
+
+    let mut checks: Vec<(&str, Result<(), String>)> = vec![("ping", Ok(()))];
+    let status = state.shared.status();
+    let since = status.last_attempt.map_or(state.started.elapsed(), |t| t.elapsed());
+    checks.push((
+        "poll-loop",
+        if since <= state.config.liveness_window {
+            Ok(())
+        } else {
+            Err(format!("no collection attempted for {}s", since.as_secs()))
+        },
+    ));
+    if probe == Probe::Ready {
+        checks.push(("lag-snapshot", fresh_snapshot(&state).map(|_| ()).map_err(|s| s.message)));
+    }
+    let mut text = String::new();
+    let mut failed = false;
+    for (name, result) in &checks {
+        if excluded.contains(name) {
+            text.push_str(&format!("[+]{name} excluded: ok\n"));
+            continue;
+        }
+        match result {
+            Ok(()) => text.push_str(&format!("[+]{name} ok\n")),
+            Err(reason) => {
+                failed = true;
+                text.push_str(&format!("[-]{name} failed: {reason}\n"));
+            }
+        }
+    }
+    let kind = if probe == Probe::Ready { "readyz" } else { "livez" };
+    let (code, body) = if failed {
+        (StatusCode::INTERNAL_SERVER_ERROR, format!("{text}{kind} check failed\n"))
+    } else if verbose {
+        (StatusCode::OK, format!("{text}{kind} check passed\n"))
+    } else {
+        (StatusCode::OK, "ok".to_owned())
+    };
+    let mut response = (code, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The metrics endpoint, served on its own plain-HTTP port.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<ApiState>| async move {
+                let body = s.metrics.render(s.shared.snapshot().as_deref());
+                let mut response = body.into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                response
+            }),
+        )
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_dns_labels() {
+        for ok in ["default", "pipeline", "a", "kube-system", "x1"] {
+            assert!(is_valid_namespace(ok), "{ok}");
+        }
+        for bad in ["", "*", "..", "Default", "-a", "a-", "a_b", &"a".repeat(64)] {
+            assert!(!is_valid_namespace(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_seconds_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_443_550_750);
+        assert_eq!(rfc3339(t), "2026-11-23T14:19:10Z");
+    }
+}

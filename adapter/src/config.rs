@@ -1,0 +1,186 @@
+//! Flags with environment fallbacks, and the invariants between them checked before start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::ConfigError;
+use crate::lag::OffsetPolicy;
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 5s, 2m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// external.metrics.k8s.io/v1beta1 server for Kafka consumer-group lag.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "lag-adapter", version, about)]
+pub struct Config {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", value_delimiter = ',', required = true)]
+    pub bootstrap_servers: Vec<String>,
+
+    /// HTTPS address of the API (discovery, metrics, health, OpenAPI).
+    #[arg(long, env = "LAGSCALE_LISTEN", default_value = "0.0.0.0:6443")]
+    pub listen: SocketAddr,
+
+    /// Plain-HTTP address of the adapter's own Prometheus /metrics.
+    #[arg(long, env = "LAGSCALE_METRICS_LISTEN", default_value = "0.0.0.0:9102")]
+    pub metrics_listen: SocketAddr,
+
+    /// How often Kafka is polled.
+    #[arg(long, env = "LAGSCALE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Timeout of one Kafka request.
+    #[arg(long, env = "LAGSCALE_KAFKA_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
+
+    /// Deadline of a whole collection cycle; must stay below the HPA sync period.
+    #[arg(long, env = "LAGSCALE_CYCLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub cycle_timeout: Duration,
+
+    /// The HPA controller's sync period (--horizontal-pod-autoscaler-sync-period).
+    #[arg(long, env = "LAGSCALE_HPA_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    pub hpa_sync_period: Duration,
+
+    /// Serve the last good snapshot while Kafka is unreachable for at most this long; then 503.
+    #[arg(long, env = "LAGSCALE_MAX_SNAPSHOT_AGE", default_value = "60s", value_parser = parse_duration)]
+    pub max_snapshot_age: Duration,
+
+    /// How partitions without a committed offset count for discovered groups.
+    #[arg(long, env = "LAGSCALE_DEFAULT_OFFSET_POLICY", value_enum, default_value = "latest")]
+    pub default_offset_policy: OffsetPolicy,
+
+    /// Scaling targets (YAML or JSON); re-read when it changes.
+    #[arg(long, env = "LAGSCALE_TARGETS_FILE")]
+    pub targets_file: Option<PathBuf>,
+
+    /// Serving certificate (PEM); reloaded when it changes. Without it, a self-signed one.
+    #[arg(long, env = "LAGSCALE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Serving key (PEM).
+    #[arg(long, env = "LAGSCALE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Names for the self-signed certificate.
+    #[arg(long, env = "LAGSCALE_TLS_SAN", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub tls_san: Vec<String>,
+
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "LAGSCALE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// High-watermark samples kept per partition for lag in seconds.
+    #[arg(long, env = "LAGSCALE_HISTORY_POINTS", default_value_t = 60)]
+    pub history_points: usize,
+
+    /// Log format: text for terminals, json for containers.
+    #[arg(long, env = "LAGSCALE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError::Invalid(m));
+        if self.bootstrap_servers.iter().any(|s| s.trim().is_empty() || !s.contains(':')) {
+            return fail(format!("--bootstrap-servers: expected host:port entries, got {:?}", self.bootstrap_servers));
+        }
+        if self.poll_interval < Duration::from_millis(100) {
+            return fail(format!("--poll-interval {:?} is below 100ms", self.poll_interval));
+        }
+        if !(self.kafka_timeout <= self.cycle_timeout && self.cycle_timeout < self.hpa_sync_period) {
+            return fail(format!(
+                "timeouts must satisfy kafka-timeout ({:?}) <= cycle-timeout ({:?}) < hpa-sync-period ({:?}): a query must never wait past an HPA sync",
+                self.kafka_timeout, self.cycle_timeout, self.hpa_sync_period
+            ));
+        }
+        if self.max_snapshot_age < self.poll_interval * 2 {
+            return fail(format!(
+                "--max-snapshot-age ({:?}) must be at least two poll intervals ({:?}), or a single slow cycle turns into 503s",
+                self.max_snapshot_age,
+                self.poll_interval * 2
+            ));
+        }
+        if self.history_points < 2 {
+            return fail("--history-points must be at least 2 to interpolate".into());
+        }
+        if self.listen == self.metrics_listen && self.listen.port() != 0 {
+            return fail(format!("--listen and --metrics-listen are both {}", self.listen));
+        }
+        Ok(())
+    }
+
+    /// The poll loop counts as stuck when no cycle was attempted for this long.
+    pub fn liveness_window(&self) -> Duration {
+        self.poll_interval * 3 + self.cycle_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["lag-adapter", "--bootstrap-servers", "127.0.0.1:9092"];
+        all.extend_from_slice(args);
+        let config = Config::try_parse_from(all).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).expect("defaults");
+        assert_eq!(c.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.default_offset_policy, OffsetPolicy::Latest);
+    }
+
+    #[test]
+    fn invariants_are_enforced() {
+        assert!(parse(&["--cycle-timeout", "20s"]).expect_err("cycle > sync").contains("hpa-sync-period"));
+        assert!(parse(&["--kafka-timeout", "11s"]).expect_err("request > cycle").contains("kafka-timeout"));
+        assert!(parse(&["--max-snapshot-age", "6s"]).expect_err("age < 2 polls").contains("two poll intervals"));
+        assert!(parse(&["--poll-interval", "fast"]).expect_err("bad duration").contains("not a duration"));
+        assert!(parse(&["--tls-cert-file", "c.pem"]).is_err(), "cert without key");
+        assert!(parse(&["--history-points", "1"]).is_err());
+        assert!(
+            Config::try_parse_from(["lag-adapter", "--bootstrap-servers", "nohost"])
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+}

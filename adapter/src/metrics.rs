@@ -1,0 +1,142 @@
+//! The adapter's own Prometheus metrics, served on a separate plain-HTTP port.
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::snapshot::Snapshot;
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub consumergroup_lag: IntGaugeVec,
+    pub consumergroup_lag_seconds: GaugeVec,
+    pub target_value: GaugeVec,
+    pub poll_duration: Histogram,
+    pub poll_errors: IntCounterVec,
+    pub kafka_requests: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub snapshot_timestamp: IntGauge,
+    pub snapshot_age: prometheus::Gauge,
+}
+
+fn must<T>(result: prometheus::Result<T>) -> T {
+    // Metric definitions are static: a failure here is a programming error caught by tests.
+    result.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let consumergroup_lag = must(IntGaugeVec::new(
+            Opts::new(
+                "lagscale_consumergroup_lag",
+                "Messages behind, per consumer group and topic, as last collected.",
+            ),
+            &["consumergroup", "topic"],
+        ));
+        let consumergroup_lag_seconds = must(GaugeVec::new(
+            Opts::new(
+                "lagscale_consumergroup_lag_seconds",
+                "Estimated age of the oldest unconsumed message, per consumer group and topic.",
+            ),
+            &["consumergroup", "topic"],
+        ));
+        let target_value = must(GaugeVec::new(
+            Opts::new("lagscale_target_value", "Value served for each scaling target (after the partition cap)."),
+            &["target"],
+        ));
+        let poll_duration = must(Histogram::with_opts(
+            HistogramOpts::new("lagscale_poll_duration_seconds", "Duration of one Kafka collection cycle.")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        ));
+        let poll_errors = must(IntCounterVec::new(
+            Opts::new("lagscale_poll_errors_total", "Failed collection cycles, by kind of failure."),
+            &["kind"],
+        ));
+        let kafka_requests = must(IntCounterVec::new(
+            Opts::new("lagscale_kafka_requests_total", "Kafka requests sent by the collector, by API."),
+            &["api"],
+        ));
+        let http_requests = must(IntCounterVec::new(
+            Opts::new("lagscale_http_requests_total", "API requests, by route and status code."),
+            &["route", "code"],
+        ));
+        let http_duration = must(HistogramVec::new(
+            HistogramOpts::new("lagscale_http_request_duration_seconds", "API request latency, by route.")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5]),
+            &["route"],
+        ));
+        let snapshot_timestamp = must(IntGauge::new(
+            "lagscale_snapshot_timestamp_seconds",
+            "Unix time of the snapshot queries are answered from.",
+        ));
+        let snapshot_age = must(prometheus::Gauge::new(
+            "lagscale_snapshot_age_seconds",
+            "Age of the snapshot queries are answered from, at scrape time.",
+        ));
+        for c in [
+            Box::new(consumergroup_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(consumergroup_lag_seconds.clone()),
+            Box::new(target_value.clone()),
+            Box::new(poll_duration.clone()),
+            Box::new(poll_errors.clone()),
+            Box::new(kafka_requests.clone()),
+            Box::new(http_requests.clone()),
+            Box::new(http_duration.clone()),
+            Box::new(snapshot_timestamp.clone()),
+            Box::new(snapshot_age.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Self {
+            registry,
+            consumergroup_lag,
+            consumergroup_lag_seconds,
+            target_value,
+            poll_duration,
+            poll_errors,
+            kafka_requests,
+            http_requests,
+            http_duration,
+            snapshot_timestamp,
+            snapshot_age,
+        }
+    }
+
+    /// Replaces the per-group series with the snapshot's, so vanished groups disappear.
+    pub fn publish(&self, snapshot: &Snapshot) {
+        self.consumergroup_lag.reset();
+        self.consumergroup_lag_seconds.reset();
+        self.target_value.reset();
+        for (group, g) in &snapshot.groups {
+            for (topic, t) in &g.topics {
+                self.consumergroup_lag.with_label_values(&[group, topic]).set(i64::try_from(t.lag).unwrap_or(i64::MAX));
+                self.consumergroup_lag_seconds.with_label_values(&[group, topic]).set(t.lag_seconds);
+            }
+        }
+        for (name, t) in &snapshot.targets {
+            self.target_value.with_label_values(&[name]).set(t.value.value.as_f64());
+        }
+        let at = snapshot.collected_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.snapshot_timestamp.set(i64::try_from(at).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition, with the snapshot age computed now.
+    pub fn render(&self, snapshot: Option<&Snapshot>) -> String {
+        if let Some(s) = snapshot {
+            self.snapshot_age.set(s.age(std::time::SystemTime::now()).as_secs_f64());
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,155 @@
+//! The background loop: collects every interval, builds a snapshot, publishes it. Queries never
+//! wait on Kafka. When a cycle fails, the last good snapshot stays published (degraded mode);
+//! the API decides from its age whether to still serve it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::collector::Collector;
+use crate::lag::OffsetPolicy;
+use crate::metrics::Metrics;
+use crate::snapshot::{Histories, Snapshot};
+use crate::targets::{Target, TargetsFile};
+
+/// What the API and the health checks read.
+#[derive(Debug, Default)]
+pub struct Shared {
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    targets: RwLock<Arc<Vec<Arc<Target>>>>,
+    status: Mutex<PollStatus>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PollStatus {
+    pub last_attempt: Option<Instant>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u64,
+}
+
+impl Shared {
+    pub fn new(targets: Vec<Target>) -> Self {
+        let shared = Self::default();
+        shared.set_targets(targets);
+        shared
+    }
+
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn targets(&self) -> Arc<Vec<Arc<Target>>> {
+        Arc::clone(&self.targets.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn status(&self) -> PollStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_targets(&self, targets: Vec<Target>) {
+        *self.targets.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(targets.into_iter().map(Arc::new).collect());
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(snapshot));
+    }
+
+    fn record(&self, error: Option<String>) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.last_attempt = Some(Instant::now());
+        s.consecutive_failures = if error.is_some() { s.consecutive_failures + 1 } else { 0 };
+        s.last_error = error;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PollerConfig {
+    pub interval: Duration,
+    /// Deadline for a whole cycle (keep it below the HPA's 15 s sync period).
+    pub cycle_timeout: Duration,
+    pub default_policy: OffsetPolicy,
+    pub history_points: usize,
+    /// Re-read when its modification time changes (ConfigMap updates).
+    pub targets_file: Option<PathBuf>,
+}
+
+/// Runs until `shutdown` flips to true.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut collector: Collector,
+    config: PollerConfig,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut histories = Histories::new(config.history_points);
+    let mut targets_mtime = config.targets_file.as_deref().and_then(mtime);
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Some(path) = &config.targets_file {
+            reload_targets(&shared, path, &mut targets_mtime, &metrics);
+        }
+        let targets = shared.targets();
+        let groups: BTreeSet<String> = targets.iter().map(|t| t.consumer_group.clone()).collect();
+        let topics: BTreeSet<String> = targets.iter().flat_map(|t| t.topics.iter().cloned()).collect();
+
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(config.cycle_timeout, collector.collect(&groups, &topics)).await;
+        metrics.poll_duration.observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(collected)) => {
+                for (api, n) in &collected.requests {
+                    metrics.kafka_requests.with_label_values(&[api]).inc_by(*n);
+                }
+                let snapshot =
+                    Snapshot::build(&collected, &mut histories, &targets, config.default_policy, SystemTime::now());
+                metrics.publish(&snapshot);
+                shared.publish(snapshot);
+                shared.record(None);
+            }
+            Ok(Err(e)) => {
+                metrics.poll_errors.with_label_values(&[e.kind()]).inc();
+                tracing::warn!(error = %e, "collection cycle failed; serving the last good snapshot");
+                shared.record(Some(e.to_string()));
+            }
+            Err(_) => {
+                collector.reset();
+                metrics.poll_errors.with_label_values(&["timeout"]).inc();
+                let message = format!("collection cycle exceeded {:?}", config.cycle_timeout);
+                tracing::warn!("{message}; serving the last good snapshot");
+                shared.record(Some(message));
+            }
+        }
+    }
+}
+
+fn mtime(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn reload_targets(shared: &Shared, path: &std::path::Path, seen: &mut Option<SystemTime>, metrics: &Metrics) {
+    let now = mtime(path);
+    if now == *seen {
+        return;
+    }
+    *seen = now;
+    match TargetsFile::load(path) {
+        Ok(file) => {
+            tracing::info!(targets = file.targets.len(), path = %path.display(), "scaling targets reloaded");
+            shared.set_targets(file.targets);
+        }
+        Err(e) => {
+            // Keep serving the targets we have: a typo in a ConfigMap must not stop scaling.
+            metrics.poll_errors.with_label_values(&["config"]).inc();
+            tracing::error!(error = %e, "invalid scaling targets; keeping the previous ones");
+        }
+    }
+}

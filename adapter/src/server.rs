@@ -1,0 +1,104 @@
+//! Wires the poller, the HTTPS API and the metrics endpoint, and shuts them down together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{self, ApiConfig, ApiState};
+use crate::collector::Collector;
+use crate::config::Config;
+use crate::error::ServeError;
+use crate::metrics::Metrics;
+use crate::poller::{self, PollerConfig, Shared};
+use crate::targets::TargetsFile;
+use crate::tls::{self, CertSource};
+
+/// Where a running adapter listens (ports resolved when 0 was asked for).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
+}
+
+/// Runs until `shutdown` resolves; `on_bound` learns the real addresses once listening.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
+    config.validate()?;
+    tls::install_crypto_provider();
+    let targets = match &config.targets_file {
+        Some(path) => TargetsFile::load(path)?.targets,
+        None => Vec::new(),
+    };
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared::new(targets));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let collector = Collector::new(config.bootstrap_servers.clone(), config.kafka_timeout);
+    let poller_config = PollerConfig {
+        interval: config.poll_interval,
+        cycle_timeout: config.cycle_timeout,
+        default_policy: config.default_offset_policy,
+        history_points: config.history_points,
+        targets_file: config.targets_file.clone(),
+    };
+    let poller =
+        tokio::spawn(poller::run(Arc::clone(&shared), collector, poller_config, metrics.clone(), stop_rx.clone()));
+
+    let state = ApiState::new(
+        Arc::clone(&shared),
+        metrics,
+        ApiConfig { max_snapshot_age: config.max_snapshot_age, liveness_window: config.liveness_window() },
+    );
+
+    let source = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => CertSource::Files { cert: cert.clone(), key: key.clone() },
+        _ => CertSource::SelfSigned { sans: config.tls_san.clone() },
+    };
+    let rustls = tls::rustls_config(&source)?;
+    if let CertSource::Files { cert, key } = &source {
+        tokio::spawn(tls::watch_files(
+            rustls.clone(),
+            cert.clone(),
+            key.clone(),
+            config.tls_reload_interval,
+            stop_rx.clone(),
+        ));
+    }
+
+    let api_listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|source| ServeError::Bind { addr: config.listen.to_string(), source })?;
+    api_listener.set_nonblocking(true)?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.metrics_listen.to_string(), source })?;
+    let bound = Bound { api: api_listener.local_addr()?, metrics: metrics_listener.local_addr()? };
+    tracing::info!(api = %bound.api, metrics = %bound.metrics, "lag-adapter listening");
+
+    let handle = axum_server::Handle::new();
+    let api_server = axum_server::from_tcp_rustls(api_listener, rustls)?
+        .handle(handle.clone())
+        .serve(api::router(state.clone()).into_make_service());
+    let mut metrics_stop = stop_rx.clone();
+    let metrics_server = axum::serve(metrics_listener, api::metrics_router(state)).with_graceful_shutdown(async move {
+        let _ = metrics_stop.changed().await;
+    });
+    on_bound(bound);
+
+    let api_task = tokio::spawn(api_server);
+    let metrics_task = tokio::spawn(async move { metrics_server.await });
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = api_task.await;
+        let _ = metrics_task.await;
+        let _ = poller.await;
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Helpers shared by the adapter's integration tests: produce and commit on a real broker.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use lagscale_tests::Broker;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Produces `per_partition` messages to each listed partition.
+pub async fn produce(broker: &Broker, topic: &str, partitions: &[i32], per_partition: usize) {
+    let producer: FutureProducer = broker.client_config().set("linger.ms", "2").create().expect("producer");
+    let mut sends = Vec::new();
+    for &p in partitions {
+        for i in 0..per_partition {
+            let producer = producer.clone();
+            let topic = topic.to_owned();
+            sends.push(async move {
+                let payload = format!("m{i}");
+                producer
+                    .send(FutureRecord::<(), _>::to(&topic).partition(p).payload(&payload), Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| e)
+            });
+        }
+    }
+    for r in futures::future::join_all(sends).await {
+        r.expect("delivered");
+    }
+}
+
+/// Commits `offsets` ((topic, partition, offset)) for `group` without consuming.
+pub fn commit(broker: &Broker, group: &str, offsets: &[(&str, i32, i64)]) {
+    let consumer: BaseConsumer = broker.client_config().set("group.id", group).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("tpl");
+    }
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+}
+
+/// An adapter running in this process against a real broker, on free loopback ports.
+#[derive(Debug)]
+pub struct Adapter {
+    pub api: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Adapter {
+    /// Starts with a 200 ms poll interval; `extra` flags are appended.
+    pub async fn start(bootstrap: &str, extra: &[&str]) -> Self {
+        lag_adapter::tls::install_crypto_provider();
+        let mut args = vec![
+            "lag-adapter",
+            "--bootstrap-servers",
+            bootstrap,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "200ms",
+            "--kafka-timeout",
+            "1s",
+            "--cycle-timeout",
+            "2s",
+        ];
+        args.extend_from_slice(extra);
+        let config = <lag_adapter::config::Config as clap::Parser>::try_parse_from(args).expect("flags");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            lag_adapter::server::run(
+                config,
+                async {
+                    let _ = stop_rx.await;
+                },
+                move |b| {
+                    let _ = bound_tx.send(b);
+                },
+            )
+            .await
+            .expect("adapter runs");
+        });
+        let bound = bound_rx.await.expect("adapter bound");
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        Self { api: bound.api, metrics: bound.metrics, client, stop: Some(stop_tx), task: Some(task) }
+    }
+
+    /// GET on the API port: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.client.get(format!("https://{}{path}", self.api)).send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// GET and parse as JSON.
+    pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.get(path).await;
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics)).await.expect("metrics").text().await.expect("text")
+    }
+
+    /// Polls `path` until `check` accepts the answer (the adapter polls Kafka every 200 ms).
+    pub async fn until(
+        &self,
+        path: &str,
+        what: &str,
+        check: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get(path).await;
+            let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            if check(status, &json) {
+                return json;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: last answer {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+pub const LAG: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag";
+pub const LAG_SECONDS: &str =
+    "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag_seconds";
+
+/// `?labelSelector=...`, URL-encoded.
+pub fn selecting(path: &str, selector: &str) -> String {
+    let encoded: String = selector
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("{path}?labelSelector={encoded}")
+}
+
+/// Sum of the items' values, as the HPA computes it (values here are integers).
+pub fn total(list: &serde_json::Value) -> i64 {
+    list["items"].as_array().map_or(0, |items| {
+        items.iter().map(|i| i["value"].as_str().and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1)).sum()
+    })
+}
