@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod kube;
 pub mod mongo;
 pub mod net;
+pub mod pipeline;
 pub mod pki;
 pub mod process;
 pub mod rundir;

@@ -1,1 +1,13 @@
-//! placeholder
+//! projection-worker: Kafka -> MongoDB projection of the pipeline's events, and the event
+//! producer that feeds it.
+
+pub mod events;
+pub mod producer;
+
+/// Logs through `tracing`: text for terminals, JSON for containers; level from RUST_LOG.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,90 @@
+//! Runs the whole lagscale pipeline on this machine until Ctrl-C; see the README.
+
+use std::time::Duration;
+
+use clap::Parser;
+use lagscale_tests::RunDir;
+use lagscale_tests::pipeline::{Pipeline, PipelineOptions, sibling_bin_dir};
+
+/// The lagscale pipeline on loopback: Kafka-protocol broker, MongoDB, lag adapter.
+#[derive(Debug, Parser)]
+#[command(name = "lagscale-local")]
+struct Args {
+    /// Partitions per topic (the most workers that can share the load).
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Lag one worker is expected to carry (the scaling target's lagPerReplica).
+    #[arg(long, default_value_t = 1000)]
+    lag_per_replica: u64,
+    /// Events per second the producer sends (0: none).
+    #[arg(long, default_value_t = 200)]
+    producer_rate: u32,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lagscale-local: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.partitions < 1 {
+        return Err("--partitions must be at least 1".into());
+    }
+    let bin_dir = sibling_bin_dir()?;
+    let run = RunDir::new("local")?;
+    println!("starting the pipeline (logs and data under {})", run.path().display());
+    let pipeline = Pipeline::start(
+        &run,
+        &PipelineOptions {
+            partitions: args.partitions,
+            lag_per_replica: args.lag_per_replica,
+            producer_rate: args.producer_rate,
+            bin_dir,
+        },
+    )
+    .await?;
+    println!();
+    println!("  kafka (noida-db)   {}   pid {:?}", pipeline.broker.bootstrap(), pipeline.broker.pid());
+    println!("  mongod             {}   pid {:?}", pipeline.mongod.uri(), pipeline.mongod.pid());
+    println!("  lag-adapter API    https://127.0.0.1:{}   pid {:?}", pipeline.adapter_api, pipeline.adapter.pid());
+    println!("  adapter metrics    http://127.0.0.1:{}/metrics", pipeline.adapter_metrics);
+    if let Some(p) = &pipeline.producer {
+        println!("  event-producer     {} events/s   pid {:?}", args.producer_rate, p.pid());
+    }
+    println!();
+    println!("  curl -sk {}", pipeline.lag_url());
+    println!();
+    println!("Ctrl-C stops everything.");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build()?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = ticker.tick() => {
+                if let Ok(r) = client.get(pipeline.lag_url()).send().await
+                    && let Ok(body) = r.text().await
+                {
+                    let value = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["items"][0]["value"].as_str().map(str::to_owned))
+                        .unwrap_or(body);
+                    println!("{TARGET}: {value}", TARGET = lagscale_tests::pipeline::TARGET);
+                }
+            }
+        }
+    }
+    println!("stopping...");
+    drop(pipeline);
+    println!("stopped.");
+    Ok(())
+}
