@@ -36,7 +36,7 @@ pub enum LogFormat {
 
 /// external.metrics.k8s.io/v1beta1 server for Kafka consumer-group lag.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "lag-adapter", version, about)]
+#[command(name = "lag-adapter", version, about, args_override_self = true)]
 pub struct Config {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", value_delimiter = ',', required = true)]

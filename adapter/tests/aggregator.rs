@@ -1,0 +1,190 @@
+//! The adapter behind the real kube-aggregator: registered through an APIService with a
+//! caBundle, read with `kubectl get --raw`, and consumed by the real HPA controller.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Adapter, base64, commit, produce};
+use lagscale_tests::pki::Leaf;
+use lagscale_tests::{Broker, ControlPlane, ControlPlaneOptions, RunDir};
+
+const LAG_RAW: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag";
+
+fn registration(port: u16, ca_bundle: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: lagscale}}
+---
+# On loopback: the aggregator dials https://localhost:PORT (no Endpoints needed).
+apiVersion: v1
+kind: Service
+metadata: {{name: lag-adapter, namespace: lagscale}}
+spec: {{type: ExternalName, externalName: localhost}}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta1.external.metrics.k8s.io}}
+spec:
+  group: external.metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  caBundle: {ca_bundle}
+  service: {{name: lag-adapter, namespace: lagscale, port: {port}}}
+"#
+    )
+}
+
+const WORKLOAD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: billing-consumer, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: billing-consumer}}
+  template:
+    metadata: {labels: {app: billing-consumer}}
+    spec: {containers: [{name: consumer, image: example.invalid/consumer:1}]}
+---
+apiVersion: autoscaling/v2beta2
+kind: HorizontalPodAutoscaler
+metadata: {name: billing-consumer, namespace: default}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: billing-consumer}
+  minReplicas: 1
+  maxReplicas: 6
+  metrics:
+  - type: External
+    external:
+      metric:
+        name: kafka_consumergroup_lag
+        selector: {matchLabels: {consumergroup: billing}}
+      target: {type: AverageValue, averageValue: "10"}
+"#;
+
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool, String>) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what} within {timeout:?}; last error: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
+    let run = RunDir::new("aggregator").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    broker.create_topic("orders", 3).await.expect("topic");
+    produce(&broker, "orders", &[0, 1, 2], 10).await;
+    commit(&broker, "billing", &[("orders", 0, 0), ("orders", 1, 0), ("orders", 2, 5)]);
+
+    let cluster = ControlPlane::start(
+        &run,
+        ControlPlaneOptions { controller_manager: true, hpa_sync_period: Duration::from_secs(2) },
+    )
+    .await
+    .expect("control plane");
+
+    // Serving certificate for the name the aggregator verifies: <service>.<namespace>.svc.
+    let dir = run.sub("adapter-tls").expect("dir");
+    let ca = lagscale_tests::pki::Ca::new("lagscale-adapter-ca").expect("ca");
+    let (cert, key) = ca
+        .issue(&Leaf::server("lag-adapter", &["lag-adapter.lagscale.svc", "localhost", "127.0.0.1"]))
+        .expect("serving cert")
+        .write(&dir, "serving")
+        .expect("write");
+    let port = lagscale_tests::net::free_port().expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let adapter = Adapter::start(
+        &broker.bootstrap(),
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert-file",
+            cert.to_str().expect("utf8"),
+            "--tls-key-file",
+            key.to_str().expect("utf8"),
+        ],
+    )
+    .await;
+
+    cluster
+        .kubectl_with_stdin(&["apply", "-f", "-"], Some(&registration(port, &base64(ca.cert_pem().as_bytes()))))
+        .expect("register APIService");
+    eventually("APIService Available", Duration::from_secs(60), || {
+        let status = cluster
+            .kubectl(&[
+                "get",
+                "apiservice",
+                "v1beta1.external.metrics.k8s.io",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+            ])
+            .map_err(|e| e.to_string())?;
+        Ok(status.trim() == "True")
+    });
+
+    // Discovery and data through the aggregator, as kubectl users see them.
+    let mut list = serde_json::Value::Null;
+    eventually("lag through kubectl get --raw", Duration::from_secs(30), || {
+        let raw = cluster
+            .kubectl(&["get", "--raw", &format!("{LAG_RAW}?labelSelector=consumergroup%3Dbilling")])
+            .map_err(|e| e.to_string())?;
+        list = serde_json::from_str(&raw).map_err(|e| e.to_string())?;
+        Ok(list["items"][0]["value"] == "25")
+    });
+    assert_eq!(list["items"][0]["metricLabels"]["topic"], "orders");
+    let resources = cluster.kubectl(&["get", "--raw", "/apis/external.metrics.k8s.io/v1beta1"]).expect("discovery");
+    assert!(resources.contains("\"name\":\"kafka_consumergroup_lag\""), "{resources}");
+
+    let missing = cluster
+        .kubectl(&["get", "--raw", &format!("{LAG_RAW}?labelSelector=consumergroup%3Dghost")])
+        .expect_err("unknown group");
+    let missing = missing.to_string();
+    assert!(missing.contains("NotFound") && missing.contains("ghost"), "{missing}");
+    let bad =
+        cluster.kubectl(&["get", "--raw", &format!("{LAG_RAW}?labelSelector=a%20in%20()")]).expect_err("bad selector");
+    assert!(bad.to_string().contains("BadRequest"), "{bad}");
+
+    // The real HPA controller reads it (with the RBAC deploy/ ships): lag 25, target 10 per
+    // replica -> 3 replicas.
+    cluster
+        .kubectl_with_stdin(
+            &["apply", "-f", "-"],
+            Some(include_str!("../../deploy/adapter/hpa-external-metrics-reader.yaml")),
+        )
+        .expect("HPA reader RBAC");
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(WORKLOAD)).expect("workload and HPA");
+    eventually("HPA scales the Deployment to 3", Duration::from_secs(60), || {
+        let replicas = cluster
+            .kubectl(&["get", "deployment", "billing-consumer", "-o", "jsonpath={.spec.replicas}"])
+            .map_err(|e| e.to_string())?;
+        Ok(replicas.trim() == "3")
+    });
+    // The HPA reports the per-pod average of what we served (25 over its replicas).
+    eventually("HPA status shows our value", Duration::from_secs(30), || {
+        let hpa = cluster
+            .kubectl(&[
+                "get",
+                "--raw",
+                "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers/billing-consumer",
+            ])
+            .map_err(|e| e.to_string())?;
+        let hpa: serde_json::Value = serde_json::from_str(&hpa).map_err(|e| e.to_string())?;
+        let current = hpa["status"]["currentMetrics"][0]["external"]["current"]["averageValue"].as_str().unwrap_or("");
+        let Ok(average) = lag_adapter::quantity::Quantity::parse(current) else {
+            return Err(format!("no averageValue in {}", hpa["status"]));
+        };
+        Ok((8_333..=25_000).contains(&average.milli_value()))
+    });
+    adapter.stop().await;
+}
