@@ -223,18 +223,28 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
         return target_answer(metric, lag, &selector, &timestamp);
     }
 
-    // Every (group, topic) the selector matches.
+    // Every (group, topic) the selector matches. When it pins the group (the HPA's case), only
+    // those groups are looked at: the cost does not grow with the number of groups.
+    let pinned = selector.pinned_values("consumergroup");
+    let candidates: Vec<(&String, &crate::snapshot::GroupLag)> = match &pinned {
+        Some(names) => names.iter().filter_map(|n| snapshot.groups.get_key_value(*n)).collect(),
+        None => snapshot.groups.iter().collect(),
+    };
     let mut matched = Vec::new();
-    for (group, g) in &snapshot.groups {
+    for (group, g) in candidates {
         for (topic, t) in &g.topics {
-            let labels = BTreeMap::from([("consumergroup", group.as_str()), ("topic", topic.as_str())]);
-            if selector.matches(&labels) {
-                matched.push((labels, t));
+            let label = |key: &str| match key {
+                "consumergroup" => Some(group.as_str()),
+                "topic" => Some(topic.as_str()),
+                _ => None,
+            };
+            if selector.matches_with(label) {
+                matched.push((BTreeMap::from([("consumergroup", group.as_str()), ("topic", topic.as_str())]), t));
             }
         }
     }
     if matched.is_empty() {
-        if let Some(pinned) = selector.pinned_values("consumergroup") {
+        if let Some(pinned) = pinned {
             let quote = |names: &[&str]| names.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ");
             let absent: Vec<&str> = pinned.iter().copied().filter(|g| !snapshot.groups.contains_key(*g)).collect();
             if !absent.is_empty() {
@@ -404,6 +414,98 @@ mod tests {
         for bad in ["", "*", "..", "Default", "-a", "a-", "a_b", &"a".repeat(64)] {
             assert!(!is_valid_namespace(bad), "{bad}");
         }
+    }
+
+    fn state_with(snapshot: Snapshot, targets: Vec<crate::targets::Target>) -> ApiState {
+        let shared = Arc::new(Shared::new(targets));
+        shared.publish(snapshot);
+        ApiState::new(
+            shared,
+            Metrics::new(),
+            ApiConfig { max_snapshot_age: Duration::from_secs(3600), liveness_window: Duration::from_secs(60) },
+        )
+    }
+
+    fn snapshot(groups: &[(&str, &str, u64)], at: SystemTime) -> Snapshot {
+        let mut s = Snapshot { collected_at: at, groups: BTreeMap::new(), targets: BTreeMap::new() };
+        for (group, topic, lag) in groups {
+            s.groups
+                .entry((*group).to_owned())
+                .or_insert_with(|| crate::snapshot::GroupLag { state: None, members: None, topics: BTreeMap::new() })
+                .topics
+                .insert((*topic).to_owned(), crate::snapshot::TopicLag { lag: *lag, ..Default::default() });
+        }
+        s
+    }
+
+    #[test]
+    fn body_is_byte_for_byte_what_kubernetes_serialises() {
+        let at = SystemTime::now() - Duration::from_secs(1);
+        let state = state_with(
+            snapshot(&[("processor", "gpu_metrics", 1_500_000), ("processor", "token_usage", 1500)], at),
+            vec![],
+        );
+        let body =
+            answer(&state, "default", LAG_METRIC, Some("labelSelector=consumergroup%3Dprocessor")).expect("answer");
+        let ts = rfc3339(at);
+        let want = format!(
+            "{{\"kind\":\"ExternalMetricValueList\",\"apiVersion\":\"external.metrics.k8s.io/v1beta1\",\"metadata\":{{}},\"items\":[\
+             {{\"metricName\":\"kafka_consumergroup_lag\",\"metricLabels\":{{\"consumergroup\":\"processor\",\"topic\":\"gpu_metrics\"}},\"timestamp\":\"{ts}\",\"value\":\"1500k\"}},\
+             {{\"metricName\":\"kafka_consumergroup_lag\",\"metricLabels\":{{\"consumergroup\":\"processor\",\"topic\":\"token_usage\"}},\"timestamp\":\"{ts}\",\"value\":\"1500\"}}]}}\n"
+        );
+        assert_eq!(String::from_utf8(body).expect("utf8"), want);
+    }
+
+    #[test]
+    fn targets_of_groups_that_are_no_label_value_omit_the_group_label() {
+        let long_group = format!("team/{}", "g".repeat(80));
+        let target = crate::targets::Target {
+            name: "long-group-lag".into(),
+            consumer_group: long_group.clone(),
+            topics: vec!["t".into()],
+            lag_per_replica: 10,
+            uncommitted_offset_policy: crate::lag::OffsetPolicy::Latest,
+            cap_at_partitions: true,
+            namespaces: vec![],
+        };
+        let mut collected = crate::collector::Collected::default();
+        collected.topics.insert("t".into(), vec![crate::lag::Watermarks { log_start: 0, log_end: 42 }]);
+        let mut group = crate::collector::GroupState::default();
+        group.commits.insert("t".into(), BTreeMap::from([(0, 2)]));
+        collected.groups.insert(long_group, group);
+        let targets = vec![Arc::new(target.clone())];
+        let snap = Snapshot::build(
+            &collected,
+            &mut crate::snapshot::Histories::new(4),
+            &targets,
+            crate::lag::OffsetPolicy::Latest,
+            SystemTime::now(),
+        );
+        let state = state_with(snap, vec![target]);
+        let body = answer(&state, "default", "long-group-lag", None).expect("answer");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        // 40 > 1 partition x 10: capped at 10.
+        assert_eq!(json["items"][0]["value"], "10");
+        assert_eq!(json["items"][0]["metricLabels"], serde_json::json!({"target": "long-group-lag"}));
+        let wrong =
+            answer(&state, "default", "long-group-lag", Some("labelSelector=target%3Dother")).expect_err("no match");
+        assert_eq!(wrong.code, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn stale_and_missing_snapshots_are_503_with_a_reason() {
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        let state = state_with(snapshot(&[("g", "t", 1)], old), vec![]);
+        let err = answer(&state, "default", LAG_METRIC, None).expect_err("stale");
+        assert_eq!(err.code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(err.message.contains("stale"), "{}", err.message);
+        let empty = ApiState::new(
+            Arc::new(Shared::new(vec![])),
+            Metrics::new(),
+            ApiConfig { max_snapshot_age: Duration::from_secs(60), liveness_window: Duration::from_secs(60) },
+        );
+        let err = answer(&empty, "default", LAG_METRIC, None).expect_err("no data");
+        assert!(err.message.contains("no lag data yet"), "{}", err.message);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Shared {
             Arc::new(targets.into_iter().map(Arc::new).collect());
     }
 
-    fn publish(&self, snapshot: Snapshot) {
+    pub(crate) fn publish(&self, snapshot: Snapshot) {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(snapshot));
     }
 
@@ -109,11 +109,28 @@ pub async fn run(
                 for (api, n) in &collected.requests {
                     metrics.kafka_requests.with_label_values(&[api]).inc_by(*n);
                 }
-                let snapshot =
-                    Snapshot::build(&collected, &mut histories, &targets, config.default_policy, SystemTime::now());
-                metrics.publish(&snapshot);
-                shared.publish(snapshot);
-                shared.record(None);
+                // Building is CPU work proportional to groups x partitions: keep it off the
+                // async workers that answer queries.
+                let policy = config.default_policy;
+                let built = tokio::task::spawn_blocking(move || {
+                    let snapshot = Snapshot::build(&collected, &mut histories, &targets, policy, SystemTime::now());
+                    (snapshot, histories)
+                })
+                .await;
+                match built {
+                    Ok((snapshot, kept)) => {
+                        histories = kept;
+                        metrics.publish(&snapshot);
+                        shared.publish(snapshot);
+                        shared.record(None);
+                    }
+                    Err(e) => {
+                        // The build panicked (a bug): keep serving the last snapshot, start fresh.
+                        histories = Histories::new(config.history_points);
+                        metrics.poll_errors.with_label_values(&["internal"]).inc();
+                        shared.record(Some(format!("snapshot build failed: {e}")));
+                    }
+                }
             }
             Ok(Err(e)) => {
                 metrics.poll_errors.with_label_values(&[e.kind()]).inc();

@@ -261,7 +261,12 @@ impl Selector {
     }
 
     pub fn matches(&self, labels: &BTreeMap<&str, &str>) -> bool {
-        self.requirements.iter().all(|r| r.matches(labels))
+        self.matches_with(|key| labels.get(key).copied())
+    }
+
+    /// Matches labels given as a lookup function (no map needed on hot paths).
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements.iter().all(|r| r.matches(label(&r.key)))
     }
 
     /// The values a selector pins `key` to with `=`/`==`/`in`, if it does.
@@ -281,8 +286,7 @@ impl Selector {
 }
 
 impl Requirement {
-    fn matches(&self, labels: &BTreeMap<&str, &str>) -> bool {
-        let value = labels.get(self.key.as_str());
+    fn matches(&self, value: Option<&str>) -> bool {
         let number = |v: &str| v.parse::<i64>().ok();
         match self.operator {
             Operator::Exists => value.is_some(),
@@ -290,7 +294,7 @@ impl Requirement {
             Operator::Equals | Operator::In => value.is_some_and(|v| self.values.iter().any(|x| x == v)),
             Operator::NotEquals | Operator::NotIn => !value.is_some_and(|v| self.values.iter().any(|x| x == v)),
             Operator::GreaterThan | Operator::LessThan => {
-                let (Some(have), Some(bound)) = (value.and_then(|v| number(v)), number(&self.values[0])) else {
+                let (Some(have), Some(bound)) = (value.and_then(number), number(&self.values[0])) else {
                     return false;
                 };
                 if self.operator == Operator::GreaterThan { have > bound } else { have < bound }

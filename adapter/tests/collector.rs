@@ -46,3 +46,22 @@ async fn one_cycle_reads_exact_offsets_with_batched_requests() {
     assert_eq!(again.requests.get("ApiVersions"), None, "connection reused");
     assert_eq!(again.requests.get("FindCoordinator"), None, "coordinators cached");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_sees_only_its_own_commits() {
+    let run = RunDir::new("collector-groups").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    for t in ["t0", "t1", "t2"] {
+        broker.create_topic(t, 2).await.expect("topic");
+        common::produce(&broker, t, &[0, 1], 3).await;
+    }
+    for (g, t) in [("g0", "t0"), ("g1", "t1"), ("g2", "t2")] {
+        common::commit(&broker, g, &[(t, 0, 1), (t, 1, 2)]);
+    }
+    let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
+    let c = collector.collect(&BTreeSet::new(), &BTreeSet::new()).await.expect("cycle");
+    for (g, t) in [("g0", "t0"), ("g1", "t1"), ("g2", "t2")] {
+        let topics: Vec<&String> = c.groups[g].commits.keys().collect();
+        assert_eq!(topics, vec![t], "{g}: {:?}", c.groups[g].commits);
+    }
+}

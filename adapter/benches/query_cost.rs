@@ -1,0 +1,230 @@
+//! The adapter's performance at scale, measured side by side in one run on one real broker:
+//! - query cost: server-side latency of an HPA-style query (the adapter's own histogram) and
+//!   throughput over TLS on loopback (wrk, keep-alive), versus answering the same query by
+//!   asking Kafka live (one collection per query, connections reused: the best live case);
+//! - one collection cycle at 200 groups x 1,000 partitions, with Kafka requests per cycle;
+//! - RSS of the adapter process at that scale.
+//! Figures are printed with the targets beside them; nothing is asserted (shared machines are
+//! noisy). Run: scripts/bench-adapter.sh. Scale: BENCH_GROUPS (200), BENCH_TOPICS (50),
+//! BENCH_PARTITIONS (20 per topic), BENCH_TOPICS_PER_GROUP (1: each group consumes one topic, as
+//! in a real cluster; BENCH_TOPICS for the all-on-all stress, bounded by the broker's own
+//! OffsetFetch speed).
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use lag_adapter::collector::Collector;
+use lag_adapter::lag::OffsetPolicy;
+use lag_adapter::snapshot::{Histories, Snapshot};
+use lagscale_tests::net::free_port;
+use lagscale_tests::process::ServiceProcess;
+use lagscale_tests::{Broker, RunDir};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` (Prometheus text format).
+fn bucket_quantile(text: &str, series: &str, q: f64) -> Option<f64> {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{series}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    buckets.into_iter().find(|(_, count)| *count >= q * total).map(|(le, _)| le)
+}
+
+fn rss_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "meets" } else { "MISSES" }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let groups = env_or("BENCH_GROUPS", 200);
+    let topics_n = env_or("BENCH_TOPICS", 50);
+    let partitions = env_or("BENCH_PARTITIONS", 20) as i32;
+    let per_group = env_or("BENCH_TOPICS_PER_GROUP", 1).clamp(1, topics_n);
+    let run = RunDir::new("bench-adapter").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    let topics: Vec<String> = (0..topics_n).map(|t| format!("topic-{t:03}")).collect();
+    let setup = Instant::now();
+    for t in &topics {
+        broker.create_topic(t, partitions).await.expect("topic");
+        common::produce(&broker, t, &(0..partitions).collect::<Vec<_>>(), 3).await;
+    }
+    // Every group commits on every partition: groups x partitions committed offsets.
+    for g in 0..groups {
+        // Group g consumes `per_group` topics starting at topic g (mod topics).
+        let offsets: Vec<(&str, i32, i64)> = (0..per_group)
+            .map(|k| topics[(g + k) % topics_n].as_str())
+            .flat_map(|t| (0..partitions).map(move |p| (t, p, ((g as i64) + i64::from(p)) % 3)))
+            .collect();
+        common::commit(&broker, &format!("group-{g:03}"), &offsets);
+    }
+    let total_partitions = topics_n * partitions as usize;
+    println!(
+        "cluster: {topics_n} topics x {partitions} partitions = {total_partitions} partitions; {groups} groups, each committed on {per_group} topic(s) ({} group-partitions); setup {:.1?}",
+        groups * per_group * partitions as usize,
+        setup.elapsed()
+    );
+
+    // One collection cycle, in process, warm connections.
+    let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(10));
+    let none = BTreeSet::new();
+    let first = collector.collect(&none, &none).await.expect("cycle");
+    let mut cycle_times = Vec::new();
+    let mut requests = 0u64;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let c = collector.collect(&none, &none).await.expect("cycle");
+        cycle_times.push(t.elapsed());
+        requests = c.requests.values().sum();
+    }
+    cycle_times.sort();
+    println!(
+        "cycle:    p50 {:.1?}  max {:.1?}  (target <= 250 ms: {})  Kafka requests per cycle {requests} {:?}  (first cycle {})",
+        cycle_times[5],
+        cycle_times[9],
+        verdict(cycle_times[9] <= Duration::from_millis(250)),
+        first.requests,
+        first.requests.values().sum::<u64>(),
+    );
+
+    // The adapter as its own process (release build), polling every 2 s.
+    let api = free_port().expect("port");
+    let metrics_port = free_port().expect("port");
+    let args: Vec<OsString> = [
+        "--bootstrap-servers",
+        &broker.bootstrap(),
+        "--listen",
+        &format!("127.0.0.1:{api}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics_port}"),
+        "--poll-interval",
+        "2s",
+        "--kafka-timeout",
+        "5s",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let adapter = ServiceProcess::spawn(
+        "lag-adapter",
+        env!("CARGO_BIN_EXE_lag-adapter").as_ref(),
+        args,
+        &run.sub("adapter").expect("dir"),
+    )
+    .expect("adapter");
+    let pid = adapter.pid().expect("pid");
+    lag_adapter::tls::install_crypto_provider();
+    let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("client");
+    let probe_group = format!("group-{:03}", 7.min(groups - 1));
+    let query =
+        format!("https://127.0.0.1:{api}{}", common::selecting(common::LAG, &format!("consumergroup={probe_group}")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.get(&query).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "adapter serves within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = client.get(&query).send().await.expect("get").text().await.expect("text");
+    println!("query:    {} items in the answer ({} bytes)", body.matches("metricName").count(), body.len());
+    if std::env::var_os("BENCH_SHOW_ANSWER").is_some() {
+        println!("{body}");
+    }
+
+    // Throughput over TLS with keep-alive, as many HPA/kubectl clients would.
+    let wrk = Command::new("wrk").args(["-t1", "-c32", "-d10s", "--latency", &query]).output();
+    let mut rate = 0.0;
+    match wrk {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            rate = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+            let p99 = text.lines().find(|l| l.trim_start().starts_with("99%")).unwrap_or("").trim().to_owned();
+            println!(
+                "tls:      {rate:.0} queries/s over TLS, 32 connections (target >= 10,000: {}); client-side {p99}",
+                verdict(rate >= 10_000.0)
+            );
+        }
+        Ok(out) => println!("tls:      wrk failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => println!("tls:      wrk not available ({e}); scripts/bench-adapter.sh installs it"),
+    }
+    let text = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let route = "lagscale_http_request_duration_seconds";
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("route=\"/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}\""))
+        .collect();
+    let series = series.join("\n");
+    let count = metric_sum(&series, &format!("{route}_count"));
+    let mean = metric_sum(&series, &format!("{route}_sum")) / count.max(1.0);
+    let p99 = bucket_quantile(&series.replace(",route=", ",x="), route, 0.99).unwrap_or(f64::NAN);
+    println!(
+        "server:   {count:.0} queries, mean {:.1} us, p99 <= {:.0} us (histogram bucket; target <= 1 ms: {})",
+        mean * 1e6,
+        p99 * 1e6,
+        verdict(p99 <= 0.001)
+    );
+    let cycles = metric_sum(&text, "lagscale_poll_duration_seconds_count");
+    let cycle_mean = metric_sum(&text, "lagscale_poll_duration_seconds_sum") / cycles.max(1.0);
+    println!("adapter:  {cycles:.0} cycles, mean {:.1} ms each while serving", cycle_mean * 1e3);
+    let (rss, peak) = (rss_kib(pid, "VmRSS:"), rss_kib(pid, "VmHWM:"));
+    println!(
+        "rss:      {:.1} MiB now, {:.1} MiB peak (target <= 40 MB: {})",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        verdict(peak * 1024 <= 40_000_000)
+    );
+
+    // Live: the same query answered by collecting from Kafka first.
+    let mut live = Vec::new();
+    let mut histories = Histories::new(60);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let c = collector.collect(&none, &none).await.expect("cycle");
+        let s = Snapshot::build(&c, &mut histories, &[], OffsetPolicy::Latest, SystemTime::now());
+        let _ = serde_json::to_vec(&s.groups[&probe_group]).expect("json");
+        live.push(t.elapsed());
+    }
+    let live_mean = live.iter().sum::<Duration>().as_secs_f64() / live.len() as f64;
+    let ratio = live_mean / mean.max(1e-9);
+    println!(
+        "live:     mean {:.1} ms per query, {requests} Kafka requests each; live / snapshot (server-side mean) = {ratio:.0}x (target >= 100x: {}); throughput {:.0} vs {rate:.0} queries/s",
+        live_mean * 1e3,
+        verdict(ratio >= 100.0),
+        1.0 / live_mean
+    );
+    drop(adapter);
+}
