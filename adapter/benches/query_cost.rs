@@ -1,17 +1,18 @@
 //! The adapter's performance at scale, measured side by side in one run on one real broker:
+//!
 //! - query cost: server-side latency of an HPA-style query (the adapter's own histogram) and
 //!   throughput over TLS on loopback (wrk, keep-alive), versus answering the same query by
 //!   asking Kafka live (one collection per query, connections reused: the best live case);
 //! - one collection cycle at 200 groups x 1,000 partitions, with Kafka requests per cycle;
 //! - RSS of the adapter process at that scale.
+//!
 //! Figures are printed with the targets beside them; nothing is asserted (shared machines are
 //! noisy). Run: scripts/bench-adapter.sh. Scale: BENCH_GROUPS (200), BENCH_TOPICS (50),
-//! BENCH_PARTITIONS (20 per topic), BENCH_TOPICS_PER_GROUP (1: each group consumes one topic, as
-//! in a real cluster; BENCH_TOPICS for the all-on-all stress, bounded by the broker's own
+//! BENCH_PARTITIONS (20 per topic), BENCH_TOPICS_PER_GROUP (1: each group consumes one topic,
+//! as in a real cluster; BENCH_TOPICS for the all-on-all stress, bounded by the broker's own
 //! OffsetFetch speed).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeSet;
