@@ -337,18 +337,13 @@ impl Collector {
             for g in response.groups {
                 let name = g.group_id.0.as_str().to_owned();
                 self.check_group_error(g.error_code, &name)?;
-                let mut commits: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-                for t in g.topics {
-                    for p in t.partitions {
-                        if p.error_code == 0 && p.committed_offset >= 0 {
-                            commits
-                                .entry(t.name.0.as_str().to_owned())
-                                .or_default()
-                                .insert(p.partition_index, p.committed_offset);
-                        }
-                    }
-                }
-                out.push((name, commits));
+                let topics = g.topics.iter().map(|t| {
+                    (
+                        t.name.0.as_str(),
+                        t.partitions.iter().map(|p| (p.partition_index, p.committed_offset, p.error_code)),
+                    )
+                });
+                out.push((name, commit_map(topics)));
             }
         } else {
             if version < 2 {
@@ -363,18 +358,13 @@ impl Collector {
                 let response = conn.send(&request, version).await?;
                 self.count("OffsetFetch");
                 self.check_group_error(response.error_code, group)?;
-                let mut commits: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-                for t in response.topics {
-                    for p in t.partitions {
-                        if p.error_code == 0 && p.committed_offset >= 0 {
-                            commits
-                                .entry(t.name.0.as_str().to_owned())
-                                .or_default()
-                                .insert(p.partition_index, p.committed_offset);
-                        }
-                    }
-                }
-                out.push((group.clone(), commits));
+                let topics = response.topics.iter().map(|t| {
+                    (
+                        t.name.0.as_str(),
+                        t.partitions.iter().map(|p| (p.partition_index, p.committed_offset, p.error_code)),
+                    )
+                });
+                out.push((group.clone(), commit_map(topics)));
             }
         }
         Ok(out)
@@ -458,6 +448,23 @@ impl Collector {
         }
         Ok(out)
     }
+}
+
+/// topic -> partition -> committed offset, from an OffsetFetch answer's (partition, offset,
+/// error) triples; partitions without a commit (-1) or with an error are left out.
+fn commit_map<'a, P>(topics: impl Iterator<Item = (&'a str, P)>) -> BTreeMap<String, BTreeMap<i32, i64>>
+where
+    P: Iterator<Item = (i32, i64, i16)>,
+{
+    let mut commits: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    for (topic, partitions) in topics {
+        for (partition, offset, error) in partitions {
+            if error == 0 && offset >= 0 {
+                commits.entry(topic.to_owned()).or_default().insert(partition, offset);
+            }
+        }
+    }
+    commits
 }
 
 fn metadata_request(version: i16) -> MetadataRequest {
