@@ -1,8 +1,10 @@
 //! projection-worker: Kafka -> MongoDB projection of the pipeline's events, and the event
 //! producer that feeds it.
 
+pub mod decode;
 pub mod events;
 pub mod producer;
+pub mod sink;
 
 /// Logs through `tracing`: text for terminals, JSON for containers; level from RUST_LOG.
 pub fn init_logging(json: bool) {

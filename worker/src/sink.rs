@@ -1,0 +1,144 @@
+//! Batched, idempotent writes into MongoDB. Every document has a deterministic `_id`, so a
+//! replayed batch inserts nothing twice: an unordered `insert_many` whose only errors are
+//! duplicate keys (E11000) succeeded. Write-concern and any other errors are failures, and the
+//! caller must not commit the batch's offsets.
+
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::error::ErrorKind;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use crate::decode::{Coordinates, Rejection};
+
+const DUPLICATE_KEY: i32 = 11000;
+/// Dead letters keep at most this much of the original payload.
+const DEAD_LETTER_PAYLOAD_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub written: u64,
+    /// Already present (a replay after a crash or rebalance): not written again.
+    pub duplicates: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("MongoDB URI: {0}")]
+    Uri(#[source] mongodb::error::Error),
+    #[error("write to {collection}: {source}")]
+    Write { collection: String, source: mongodb::error::Error },
+    #[error("create indexes on {collection}: {source}")]
+    Index { collection: String, source: mongodb::error::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct Sink {
+    db: Database,
+    dead_letters: Collection<Document>,
+}
+
+impl Sink {
+    pub async fn connect(uri: &str, database: &str, dead_letter_collection: &str) -> Result<Self, SinkError> {
+        let mut options = ClientOptions::parse(uri).await.map_err(SinkError::Uri)?;
+        options.app_name.get_or_insert_with(|| "projection-worker".to_owned());
+        let client = Client::with_options(options).map_err(SinkError::Uri)?;
+        let db = client.database(database);
+        let dead_letters = db.collection(dead_letter_collection);
+        Ok(Self { db, dead_letters })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Indexes the projection needs: time queries, and lookups by Kafka coordinates.
+    pub async fn ensure_indexes(&self, collections: &[&str]) -> Result<(), SinkError> {
+        for name in collections {
+            let models = vec![
+                IndexModel::builder().keys(doc! { "ts": 1 }).build(),
+                IndexModel::builder()
+                    .keys(doc! { "kafka.topic": 1, "kafka.partition": 1, "kafka.offset": 1 })
+                    .options(IndexOptions::builder().name("kafka_coordinates".to_owned()).build())
+                    .build(),
+            ];
+            self.db
+                .collection::<Document>(name)
+                .create_indexes(models)
+                .await
+                .map_err(|source| SinkError::Index { collection: (*name).to_owned(), source })?;
+        }
+        let dl = self.dead_letters.name().to_owned();
+        self.dead_letters
+            .create_index(IndexModel::builder().keys(doc! { "received_at": 1 }).build())
+            .await
+            .map_err(|source| SinkError::Index { collection: dl, source })?;
+        Ok(())
+    }
+
+    /// Inserts `documents` into `collection`; duplicates of earlier writes count as done.
+    pub async fn write(&self, collection: &str, documents: Vec<Document>) -> Result<WriteOutcome, SinkError> {
+        insert_idempotent(&self.db.collection(collection), documents).await
+    }
+
+    /// Records rejected messages with their reason and coordinates (idempotent per coordinate).
+    pub async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<WriteOutcome, SinkError> {
+        let documents = letters.into_iter().map(DeadLetter::into_document).collect();
+        insert_idempotent(&self.dead_letters, documents).await
+    }
+}
+
+async fn insert_idempotent(
+    collection: &Collection<Document>,
+    documents: Vec<Document>,
+) -> Result<WriteOutcome, SinkError> {
+    let total = documents.len() as u64;
+    if total == 0 {
+        return Ok(WriteOutcome::default());
+    }
+    match collection.insert_many(documents).ordered(false).await {
+        Ok(result) => Ok(WriteOutcome { written: result.inserted_ids.len() as u64, duplicates: 0 }),
+        Err(error) => {
+            if let ErrorKind::InsertMany(failure) = error.kind.as_ref()
+                && failure.write_concern_error.is_none()
+                && let Some(write_errors) = &failure.write_errors
+                && !write_errors.is_empty()
+                && write_errors.iter().all(|e| e.code == DUPLICATE_KEY)
+            {
+                let duplicates = write_errors.len() as u64;
+                return Ok(WriteOutcome { written: total - duplicates, duplicates });
+            }
+            Err(SinkError::Write { collection: collection.name().to_owned(), source: error })
+        }
+    }
+}
+
+/// A message that could not be projected.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub rejection: Rejection,
+    pub received_at: DateTime,
+}
+
+impl DeadLetter {
+    fn into_document(self) -> Document {
+        let at = Coordinates { topic: &self.topic, partition: self.partition, offset: self.offset };
+        let payload = self.payload.as_deref().unwrap_or_default();
+        let kept = &payload[..payload.len().min(DEAD_LETTER_PAYLOAD_BYTES)];
+        doc! {
+            "_id": at.id(),
+            "reason": self.rejection.code(),
+            "detail": self.rejection.to_string(),
+            "kafka": { "topic": &self.topic, "partition": self.partition, "offset": self.offset },
+            "key": self.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            "payload": String::from_utf8_lossy(kept).into_owned(),
+            "payload_bytes": payload.len() as i64,
+            "payload_truncated": kept.len() < payload.len(),
+            "received_at": self.received_at,
+        }
+    }
+}
