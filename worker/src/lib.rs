@@ -1,8 +1,12 @@
 //! projection-worker: Kafka -> MongoDB projection of the pipeline's events, and the event
 //! producer that feeds it.
 
+pub mod config;
+pub mod consume;
 pub mod decode;
 pub mod events;
+pub mod http;
+pub mod metrics;
 pub mod producer;
 pub mod sink;
 

@@ -1,0 +1,134 @@
+//! The worker's flags (with environment fallbacks) and the invariants between them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len()));
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 1m"))?;
+    let factor = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        _ => return Err(format!("{text:?}: unknown unit (ms, s, m)")),
+    };
+    Duration::try_from_secs_f64(value * factor).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Projects gpu_metrics and token_usage events from Kafka into MongoDB, effectively once.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "projection-worker", version, args_override_self = true)]
+pub struct Config {
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "projection-worker")]
+    pub group: String,
+    #[arg(long, env = "GPU_TOPIC", default_value = "gpu_metrics")]
+    pub gpu_topic: String,
+    #[arg(long, env = "TOKEN_TOPIC", default_value = "token_usage")]
+    pub token_topic: String,
+    #[arg(long, env = "MONGODB_URI")]
+    pub mongodb_uri: String,
+    #[arg(long, env = "MONGODB_DATABASE", default_value = "pipeline")]
+    pub database: String,
+    #[arg(long, env = "DEAD_LETTER_COLLECTION", default_value = "dead_letters")]
+    pub dead_letter_collection: String,
+    /// Events per MongoDB batch.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 2000)]
+    pub batch_size: usize,
+    /// Longest an event waits in a partial batch.
+    #[arg(long, env = "BATCH_LINGER", default_value = "100ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
+    /// Largest accepted event; larger ones are dead-lettered.
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
+    pub max_event_bytes: usize,
+    /// How long a revoke or shutdown may spend flushing the in-flight batch.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Kafka session timeout: a dead worker is noticed after this.
+    #[arg(long, env = "SESSION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+    /// The pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "TERMINATION_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub termination_grace: Duration,
+    /// Liveness fails when the consume loop has not polled for this long.
+    #[arg(long, env = "STUCK_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub stuck_after: Duration,
+    /// /health and /ready.
+    #[arg(long, env = "HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+    /// Prometheus /metrics.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Name of this worker in logs, metrics and the assignment log (default: hostname-pid).
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Config {
+    /// drain timeout < session timeout < termination grace: a revoke finishes before the
+    /// group gives up on us, and a shutdown finishes before the kubelet kills us.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.drain_timeout < self.session_timeout && self.session_timeout < self.termination_grace) {
+            return Err(format!(
+                "timeouts must satisfy drain-timeout ({:?}) < session-timeout ({:?}) < termination-grace ({:?})",
+                self.drain_timeout, self.session_timeout, self.termination_grace
+            ));
+        }
+        if self.session_timeout < Duration::from_secs(6) {
+            return Err("--session-timeout must be at least 6s (the broker's minimum)".into());
+        }
+        if self.batch_size == 0 {
+            return Err("--batch-size must be at least 1".into());
+        }
+        if self.gpu_topic == self.token_topic {
+            return Err("--gpu-topic and --token-topic must differ".into());
+        }
+        if self.max_event_bytes < 1024 {
+            return Err("--max-event-bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut args =
+            vec!["projection-worker", "--bootstrap-servers", "127.0.0.1:9092", "--mongodb-uri", "mongodb://x"];
+        args.extend_from_slice(extra);
+        let c = Config::try_parse_from(args).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_hold_the_invariants() {
+        let c = parse(&[]).expect("defaults");
+        assert!(c.drain_timeout < c.session_timeout && c.session_timeout < c.termination_grace);
+    }
+
+    #[test]
+    fn broken_invariants_are_rejected() {
+        assert!(parse(&["--drain-timeout", "40s"]).expect_err("drain > session").contains("drain-timeout"));
+        assert!(parse(&["--session-timeout", "90s"]).expect_err("session > grace").contains("termination-grace"));
+        assert!(parse(&["--batch-size", "0"]).is_err());
+        assert!(parse(&["--token-topic", "gpu_metrics"]).is_err());
+        assert!(parse(&["--drain-timeout", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! `/health` (liveness: the consume loop polls), `/ready` (MongoDB writable, not stopping) on
+//! the HTTP port; `/metrics` on the metrics port.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::consume::Shared;
+
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub shared: Arc<Shared>,
+    pub stuck_after: Duration,
+}
+
+pub fn health_router(state: HttpState) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|State(s): State<HttpState>| async move {
+                let since = s.shared.since_last_poll();
+                if since <= s.stuck_after {
+                    (StatusCode::OK, "ok".to_owned())
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, format!("consume loop stuck: no poll for {}s", since.as_secs()))
+                }
+            }),
+        )
+        .route(
+            "/ready",
+            get(|State(s): State<HttpState>| async move {
+                if s.shared.stopping.load(Ordering::Relaxed) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+                } else if !s.shared.mongo_ok.load(Ordering::Relaxed) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "MongoDB not writable")
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }),
+        )
+        .with_state(state)
+}
+
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let shared = Arc::clone(&shared);
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    shared.metrics.render(),
+                )
+            }
+        }),
+    )
+}
