@@ -25,6 +25,8 @@ pub struct PipelineOptions {
     pub lag_per_replica: u64,
     /// Events per second the producer sends (0: no producer).
     pub producer_rate: u32,
+    /// projection-worker processes.
+    pub workers: usize,
     /// Where the workspace's binaries are (`target/release` or `target/debug`).
     pub bin_dir: PathBuf,
 }
@@ -41,6 +43,8 @@ pub fn sibling_bin_dir() -> Result<PathBuf> {
 pub struct Pipeline {
     // Drop order: clients of the services first.
     pub producer: Option<ServiceProcess>,
+    /// (process, health port, metrics port)
+    pub workers: Vec<(ServiceProcess, u16, u16)>,
     pub adapter: ServiceProcess,
     pub adapter_api: u16,
     pub adapter_metrics: u16,
@@ -100,6 +104,29 @@ impl Pipeline {
         })
         .await?;
 
+        let mut workers = Vec::new();
+        for i in 1..=options.workers {
+            let (http, metrics) = (free_port()?, free_port()?);
+            let args: Vec<OsString> = vec![
+                "--bootstrap-servers".into(),
+                broker.bootstrap().into(),
+                "--mongodb-uri".into(),
+                mongod.uri().into(),
+                "--group".into(),
+                WORKER_GROUP.into(),
+                "--worker-id".into(),
+                format!("worker-{i}").into(),
+                "--http-listen".into(),
+                format!("127.0.0.1:{http}").into(),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{metrics}").into(),
+            ];
+            let name = format!("projection-worker-{i}");
+            let process =
+                ServiceProcess::spawn(&name, &binary(&options.bin_dir, "projection-worker")?, args, &run.sub(&name)?)?;
+            workers.push((process, http, metrics));
+        }
+
         let producer = if options.producer_rate > 0 {
             let args: Vec<OsString> = vec![
                 "--bootstrap-servers".into(),
@@ -118,7 +145,7 @@ impl Pipeline {
         } else {
             None
         };
-        Ok(Self { producer, adapter, adapter_api, adapter_metrics, targets_file, mongod, broker })
+        Ok(Self { producer, workers, adapter, adapter_api, adapter_metrics, targets_file, mongod, broker })
     }
 
     pub fn lag_url(&self) -> String {

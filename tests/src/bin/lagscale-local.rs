@@ -6,7 +6,8 @@ use clap::Parser;
 use lagscale_tests::RunDir;
 use lagscale_tests::pipeline::{Pipeline, PipelineOptions, sibling_bin_dir};
 
-/// The lagscale pipeline on loopback: Kafka-protocol broker, MongoDB, lag adapter.
+/// The lagscale pipeline on loopback: Kafka-protocol broker, MongoDB, lag adapter, projection
+/// workers, event producer.
 #[derive(Debug, Parser)]
 #[command(name = "lagscale-local")]
 struct Args {
@@ -19,6 +20,9 @@ struct Args {
     /// Events per second the producer sends (0: none).
     #[arg(long, default_value_t = 200)]
     producer_rate: u32,
+    /// projection-worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 #[tokio::main]
@@ -31,6 +35,19 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn count_written(pipeline: &Pipeline) -> String {
+    let Ok(client) = pipeline.mongod.client().await else { return "?".into() };
+    let db = client.database("pipeline");
+    let mut total = 0;
+    for c in lagscale_tests::pipeline::TOPICS {
+        match db.collection::<mongodb::bson::Document>(c).estimated_document_count().await {
+            Ok(n) => total += n,
+            Err(_) => return "?".into(),
+        }
+    }
+    total.to_string()
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -46,6 +63,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             partitions: args.partitions,
             lag_per_replica: args.lag_per_replica,
             producer_rate: args.producer_rate,
+            workers: args.workers,
             bin_dir,
         },
     )
@@ -55,6 +73,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("  mongod             {}   pid {:?}", pipeline.mongod.uri(), pipeline.mongod.pid());
     println!("  lag-adapter API    https://127.0.0.1:{}   pid {:?}", pipeline.adapter_api, pipeline.adapter.pid());
     println!("  adapter metrics    http://127.0.0.1:{}/metrics", pipeline.adapter_metrics);
+    for (i, (w, http, metrics)) in pipeline.workers.iter().enumerate() {
+        println!(
+            "  projection-worker-{}  http://127.0.0.1:{http}/health  http://127.0.0.1:{metrics}/metrics   pid {:?}",
+            i + 1,
+            w.pid()
+        );
+    }
     if let Some(p) = &pipeline.producer {
         println!("  event-producer     {} events/s   pid {:?}", args.producer_rate, p.pid());
     }
@@ -78,7 +103,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                         .ok()
                         .and_then(|v| v["items"][0]["value"].as_str().map(str::to_owned))
                         .unwrap_or(body);
-                    println!("{TARGET}: {value}", TARGET = lagscale_tests::pipeline::TARGET);
+                    let written = count_written(&pipeline).await;
+                    println!("{TARGET}: {value}   documents in MongoDB: {written}", TARGET = lagscale_tests::pipeline::TARGET);
                 }
             }
         }
