@@ -147,7 +147,8 @@ impl Broker {
 
     /// `kill -9`. Unlike Apache Kafka, noida-db keeps its log in memory and writes it to the
     /// data directory only on a graceful stop: after a kill the broker restarts empty. Fault
-    /// tests that need the data to survive use [`Broker::stop`].
+    /// tests that need the data to survive use [`Broker::stop`]. Nor does it expire group members
+    /// that die without leaving: a consumer killed with SIGKILL wedges its group.
     pub fn kill(&mut self) {
         self.process.kill();
     }

@@ -44,6 +44,9 @@ pub struct Config {
     /// Largest accepted event; larger ones are dead-lettered.
     #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
     pub max_event_bytes: usize,
+    /// Bound of one MongoDB batch write (then it is retried).
+    #[arg(long, env = "WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// How long a revoke or shutdown may spend flushing the in-flight batch.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -28,6 +28,9 @@ use crate::events::Kind;
 use crate::metrics::Metrics;
 use crate::sink::{DeadLetter, Sink};
 
+/// A write pending longer than this makes the worker not-ready (MongoDB is likely away).
+const WRITE_STALL: Duration = Duration::from_secs(2);
+
 /// Collection of the per-worker assignment log (who had which partitions when).
 pub const ASSIGNMENTS: &str = "worker_assignments";
 
@@ -43,6 +46,8 @@ pub struct Shared {
     pub metrics: Metrics,
     started: Instant,
     last_poll_ms: AtomicU64,
+    /// Start of the MongoDB write in flight (ms since start, +1), 0 when none.
+    write_started_ms: AtomicU64,
     pub mongo_ok: AtomicBool,
     pub stopping: AtomicBool,
 }
@@ -53,6 +58,7 @@ impl Shared {
             metrics,
             started: Instant::now(),
             last_poll_ms: AtomicU64::new(0),
+            write_started_ms: AtomicU64::new(0),
             mongo_ok: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }
@@ -60,6 +66,32 @@ impl Shared {
 
     fn touch(&self) {
         self.last_poll_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// How long the MongoDB write in flight has been running, if one is.
+    pub fn write_in_flight(&self) -> Option<Duration> {
+        match self.write_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            started => Some(Duration::from_millis(self.now_ms().saturating_sub(started - 1))),
+        }
+    }
+
+    /// Ready: MongoDB took the last write and none is stuck now, and not stopping.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("stopping".into());
+        }
+        if !self.mongo_ok.load(Ordering::Relaxed) {
+            return Err("MongoDB not writable; retrying".into());
+        }
+        if let Some(stalled) = self.write_in_flight().filter(|d| *d > WRITE_STALL) {
+            return Err(format!("MongoDB write pending for {}s", stalled.as_secs()));
+        }
+        Ok(())
     }
 
     /// Time since the consume loop last polled.
@@ -226,7 +258,10 @@ impl Processing {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.write_pending() {
+            self.shared.write_started_ms.store(self.shared.now_ms() + 1, Ordering::Relaxed);
+            let written = self.write_pending();
+            self.shared.write_started_ms.store(0, Ordering::Relaxed);
+            match written {
                 Ok(()) => break,
                 Err(e) => {
                     self.shared.metrics.write_errors.inc();

@@ -2,7 +2,6 @@
 //! the HTTP port; `/metrics` on the metrics port.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -34,12 +33,9 @@ pub fn health_router(state: HttpState) -> Router {
         .route(
             "/ready",
             get(|State(s): State<HttpState>| async move {
-                if s.shared.stopping.load(Ordering::Relaxed) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "stopping")
-                } else if !s.shared.mongo_ok.load(Ordering::Relaxed) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "MongoDB not writable")
-                } else {
-                    (StatusCode::OK, "ok")
+                match s.shared.ready() {
+                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                 }
             }),
         )

@@ -44,7 +44,9 @@ async fn run(config: Arc<Config>) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move { axum::serve(metrics, metrics_router(metrics_shared)).await });
 
     // MongoDB may come up after us: keep trying (not ready meanwhile) instead of crash-looping.
-    let sink = Sink::connect(&config.mongodb_uri, &config.database, &config.dead_letter_collection).await?;
+    let sink =
+        Sink::connect(&config.mongodb_uri, &config.database, &config.dead_letter_collection, config.write_timeout)
+            .await?;
     let mut backoff = Duration::from_millis(200);
     loop {
         match sink.ensure_indexes(&[&config.gpu_topic, &config.token_topic]).await {

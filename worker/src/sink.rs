@@ -27,6 +27,8 @@ pub enum SinkError {
     Uri(#[source] mongodb::error::Error),
     #[error("write to {collection}: {source}")]
     Write { collection: String, source: mongodb::error::Error },
+    #[error("write to {collection} did not finish within {after:?}")]
+    Timeout { collection: String, after: std::time::Duration },
     #[error("create indexes on {collection}: {source}")]
     Index { collection: String, source: mongodb::error::Error },
 }
@@ -35,16 +37,27 @@ pub enum SinkError {
 pub struct Sink {
     db: Database,
     dead_letters: Collection<Document>,
+    write_timeout: std::time::Duration,
 }
 
 impl Sink {
-    pub async fn connect(uri: &str, database: &str, dead_letter_collection: &str) -> Result<Self, SinkError> {
+    /// `write_timeout` bounds every write: the driver has no socket timeout, and a connection
+    /// caught by a mongod shutdown can otherwise hang forever. Writes are idempotent, so a
+    /// timed-out write that did land is only a duplicate when retried.
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        dead_letter_collection: &str,
+        write_timeout: std::time::Duration,
+    ) -> Result<Self, SinkError> {
         let mut options = ClientOptions::parse(uri).await.map_err(SinkError::Uri)?;
         options.app_name.get_or_insert_with(|| "projection-worker".to_owned());
+        // Fail a write in seconds, not the driver's 30 s, so retries and readiness react.
+        options.server_selection_timeout.get_or_insert(std::time::Duration::from_secs(5));
         let client = Client::with_options(options).map_err(SinkError::Uri)?;
         let db = client.database(database);
         let dead_letters = db.collection(dead_letter_collection);
-        Ok(Self { db, dead_letters })
+        Ok(Self { db, dead_letters, write_timeout })
     }
 
     pub fn database(&self) -> &Database {
@@ -77,25 +90,30 @@ impl Sink {
 
     /// Inserts `documents` into `collection`; duplicates of earlier writes count as done.
     pub async fn write(&self, collection: &str, documents: Vec<Document>) -> Result<WriteOutcome, SinkError> {
-        insert_idempotent(&self.db.collection(collection), documents).await
+        insert_idempotent(&self.db.collection(collection), documents, self.write_timeout).await
     }
 
     /// Records rejected messages with their reason and coordinates (idempotent per coordinate).
     pub async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<WriteOutcome, SinkError> {
         let documents = letters.into_iter().map(DeadLetter::into_document).collect();
-        insert_idempotent(&self.dead_letters, documents).await
+        insert_idempotent(&self.dead_letters, documents, self.write_timeout).await
     }
 }
 
 async fn insert_idempotent(
     collection: &Collection<Document>,
     documents: Vec<Document>,
+    timeout: std::time::Duration,
 ) -> Result<WriteOutcome, SinkError> {
     let total = documents.len() as u64;
     if total == 0 {
         return Ok(WriteOutcome::default());
     }
-    match collection.insert_many(documents).ordered(false).await {
+    let write = tokio::time::timeout(timeout, collection.insert_many(documents).ordered(false));
+    let Ok(result) = write.await else {
+        return Err(SinkError::Timeout { collection: collection.name().to_owned(), after: timeout });
+    };
+    match result {
         Ok(result) => Ok(WriteOutcome { written: result.inserted_ids.len() as u64, duplicates: 0 }),
         Err(error) => {
             if let ErrorKind::InsertMany(failure) = error.kind.as_ref()

@@ -25,7 +25,7 @@ async fn replayed_batches_write_nothing_twice_and_failures_are_errors() {
     let mut mongod = Mongod::start(&run).await.expect("mongod");
     // Fail fast while mongod is down instead of the driver's 30 s server selection.
     let uri = format!("{}&serverSelectionTimeoutMS=1500", mongod.uri());
-    let sink = Sink::connect(&uri, "pipeline", "dead_letters").await.expect("sink");
+    let sink = Sink::connect(&uri, "pipeline", "dead_letters", Duration::from_secs(10)).await.expect("sink");
     sink.ensure_indexes(&["gpu_metrics", "token_usage"]).await.expect("indexes");
 
     let mut g = Generator::new(5, 4, 8);

@@ -1,76 +1,15 @@
 //! Real projection-worker processes against a real broker and mongod: every event exactly once
 //! across scaling 1 -> 2 -> 3 -> 2, recreate-style rebalances, dead letters, graceful shutdown.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
+use common::{count, get, metric, start_worker};
 use futures::TryStreamExt;
-use lagscale_tests::net::free_port;
-use lagscale_tests::process::ServiceProcess;
 use lagscale_tests::{Broker, Mongod, RunDir};
 use mongodb::bson::{Document, doc};
-
-struct Worker {
-    process: ServiceProcess,
-    metrics: u16,
-    http: u16,
-}
-
-fn start_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod) -> Worker {
-    let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
-    let args: Vec<OsString> = [
-        "--bootstrap-servers",
-        &broker.bootstrap(),
-        "--mongodb-uri",
-        &mongod.uri(),
-        "--worker-id",
-        name,
-        "--http-listen",
-        &format!("127.0.0.1:{http}"),
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics}"),
-        "--session-timeout",
-        "10s",
-        "--drain-timeout",
-        "5s",
-        "--termination-grace",
-        "30s",
-        "--batch-size",
-        "500",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    let process = ServiceProcess::spawn(
-        name,
-        env!("CARGO_BIN_EXE_projection-worker").as_ref(),
-        args,
-        &run.sub(name).expect("dir"),
-    )
-    .expect("worker");
-    Worker { process, metrics, http }
-}
-
-async fn get(port: u16, path: &str) -> (u16, String) {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || lagscale_tests::net::http_get(port, &path))
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| (0, e))
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
-async fn count(db: &mongodb::Database) -> u64 {
-    let mut total = 0;
-    for c in ["gpu_metrics", "token_usage"] {
-        total += db.collection::<Document>(c).count_documents(doc! {}).await.expect("count");
-    }
-    total
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_across_scaling_with_recreate_rebalances() {

@@ -1,0 +1,132 @@
+//! Helpers shared by the worker's integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use lagscale_tests::net::free_port;
+use lagscale_tests::process::ServiceProcess;
+use lagscale_tests::{Broker, Mongod, RunDir};
+use mongodb::bson::{Document, doc};
+
+pub struct Worker {
+    pub process: ServiceProcess,
+    pub metrics: u16,
+    pub http: u16,
+}
+
+pub fn start_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod) -> Worker {
+    let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
+    let args: Vec<OsString> = [
+        "--bootstrap-servers",
+        &broker.bootstrap(),
+        "--mongodb-uri",
+        &mongod.uri(),
+        "--worker-id",
+        name,
+        "--http-listen",
+        &format!("127.0.0.1:{http}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics}"),
+        "--session-timeout",
+        "10s",
+        "--drain-timeout",
+        "5s",
+        "--termination-grace",
+        "30s",
+        "--batch-size",
+        "500",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let process = ServiceProcess::spawn(
+        name,
+        env!("CARGO_BIN_EXE_projection-worker").as_ref(),
+        args,
+        &run.sub(name).expect("dir"),
+    )
+    .expect("worker");
+    Worker { process, metrics, http }
+}
+
+pub async fn get(port: u16, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || lagscale_tests::net::http_get(port, &path))
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| (0, e))
+}
+
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+pub async fn count(db: &mongodb::Database) -> u64 {
+    let mut total = 0;
+    for c in ["gpu_metrics", "token_usage"] {
+        total += db.collection::<Document>(c).count_documents(doc! {}).await.expect("count");
+    }
+    total
+}
+
+/// Every `_id` in both event collections; panics on a duplicate.
+pub async fn stored_ids(db: &mongodb::Database) -> HashSet<String> {
+    let mut stored = HashSet::new();
+    for c in ["gpu_metrics", "token_usage"] {
+        let mut cursor = db.collection::<Document>(c).find(doc! {}).projection(doc! { "_id": 1 }).await.expect("find");
+        while let Some(d) = cursor.try_next().await.expect("cursor") {
+            assert!(stored.insert(d.get_str("_id").expect("_id").to_owned()), "stored once");
+        }
+    }
+    stored
+}
+
+/// The valid event ids the producer delivered.
+pub fn produced_ids(path: &std::path::Path) -> HashSet<String> {
+    std::fs::read_to_string(path)
+        .expect("ids")
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until MongoDB holds `n` events.
+pub async fn wait_for_count(db: &mongodb::Database, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while count(db).await < n {
+        assert!(Instant::now() < deadline, "{} of {n} events projected within {within:?}", count(db).await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs the event producer to completion; returns (ids file, malformed count).
+pub async fn produce(
+    run: &RunDir,
+    broker: &Broker,
+    name: &str,
+    count: u64,
+    rate: u64,
+    malformed: f64,
+) -> (std::path::PathBuf, u64) {
+    let ids = run.path().join(format!("{name}.tsv"));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
+        .args(["--bootstrap-servers", &broker.bootstrap(), "--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--malformed-share", &malformed.to_string(), "--seed", &name.len().to_string(), "--json"])
+        .arg("--ids-file")
+        .arg(&ids)
+        .output()
+        .await
+        .expect("producer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    (ids, summary["malformed"].as_u64().expect("malformed"))
+}
+
+pub async fn topics(broker: &Broker) {
+    broker.create_topic("gpu_metrics", 6).await.expect("topic");
+    broker.create_topic("token_usage", 6).await.expect("topic");
+}

@@ -1,0 +1,128 @@
+//! Faults on real services: nothing lost, nothing written twice, recovery without restarts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{get, metric, produce, produced_ids, start_worker, stored_ids, topics, wait_for_count};
+use lagscale_tests::{Broker, Mongod, RunDir};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+// kill -9 of a worker is not tested here: the local broker (noida-db 0.2.3) never expires a
+// member that dies without leaving (no session timeout, no rebalance timeout), so the group
+// stays wedged whatever the worker does; Apache Kafka evicts it after session.timeout.ms.
+// Graceful departures (LeaveGroup) are covered in tests/worker.rs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
+    let run = RunDir::new("worker-faults").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mut mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+
+    let _w1 = start_worker(&run, "w1", &broker, &mongod);
+    let w2 = start_worker(&run, "w2", &broker, &mongod);
+    let producing = {
+        let (run_path, bootstrap) = (run.path().to_owned(), broker.bootstrap());
+        tokio::spawn(async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
+                .args(["--bootstrap-servers", &bootstrap, "--count", "10000", "--rate", "1250", "--json"])
+                .arg("--ids-file")
+                .arg(run_path.join("ids.tsv"))
+                .output()
+                .await
+                .expect("producer");
+            assert!(out.status.success());
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // MongoDB goes away mid-stream (mid-batch for both workers) and comes back.
+    mongod.stop();
+    let mut saw_not_ready = false;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(6) {
+        saw_not_ready |= get(w2.http, "/ready").await.0 == 503;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_not_ready, "readiness reports MongoDB being down");
+    assert_eq!(get(w2.http, "/health").await.0, 200, "liveness is not about MongoDB");
+    mongod.restart().await.expect("mongod back");
+
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(90)).await;
+    assert_eq!(stored_ids(&db).await, expected, "exactly once despite the outage");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(w2.http, "/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "ready again after MongoDB returned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = get(w2.metrics, "/metrics").await.1;
+    assert!(metric(&text, "mongodb_write_errors_total") >= 1.0, "the outage was seen and retried: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_then_graceful_shutdown_commits_everything() {
+    let run = RunDir::new("worker-broker").expect("run dir");
+    let mut broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let mut worker = start_worker(&run, "w1", &broker, &mongod);
+
+    let (first, bad_first) = produce(&run, &broker, "first", 3000, 3000, 0.05).await;
+    let mut expected = produced_ids(&first);
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(60)).await;
+
+    // Per-partition lag is exported from librdkafka's statistics (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !get(worker.metrics, "/metrics").await.1.contains("partition_lag{partition=") {
+        assert!(Instant::now() < deadline, "partition_lag exported");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The broker goes away and comes back on the same address: the worker reconnects itself.
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.restart().await.expect("broker back");
+    let (second, bad_second) = produce(&run, &broker, "second", 2000, 2000, 0.05).await;
+    expected.extend(produced_ids(&second));
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(60)).await;
+    assert_eq!(stored_ids(&db).await, expected);
+    let dead = db
+        .collection::<mongodb::bson::Document>("dead_letters")
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .expect("count");
+    assert_eq!(dead, bad_first + bad_second);
+
+    // SIGTERM: flush, commit, leave. Everything written is committed: the group's offsets
+    // equal the log ends.
+    let started = Instant::now();
+    worker.process.stop(Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown within 10 s: {:?}", started.elapsed());
+    let consumer: BaseConsumer =
+        broker.client_config().set("group.id", "projection-worker").create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for t in ["gpu_metrics", "token_usage"] {
+        for p in 0..6 {
+            tpl.add_partition(t, p);
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed");
+    let mut behind = BTreeMap::new();
+    for e in committed.elements() {
+        let (_, high) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)).expect("watermarks");
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        if at != high {
+            behind.insert(format!("{}/{}", e.topic(), e.partition()), (at, high));
+        }
+    }
+    assert!(behind.is_empty(), "committed == log end after a graceful shutdown: {behind:?}");
+}
