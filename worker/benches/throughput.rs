@@ -9,11 +9,9 @@
 //! Prints figures and ratios beside the targets; asserts nothing. Run: scripts/bench-worker.sh.
 //! Scale: BENCH_EVENTS (100000), BENCH_BASELINE_EVENTS (5000), BENCH_REBALANCES (5).
 
-use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lagscale_tests::net::free_port;
 use lagscale_tests::process::ServiceProcess;
 use lagscale_tests::{Broker, Mongod, RunDir};
 use mongodb::bson::{DateTime, Document, doc};
@@ -23,6 +21,9 @@ use projection_worker::producer::{self, ProducerConfig};
 use projection_worker::sink::Sink;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -59,33 +60,9 @@ async fn total(db: &mongodb::Database) -> u64 {
 }
 
 fn spawn_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, database: &str) -> ServiceProcess {
-    let args: Vec<OsString> = [
-        "--bootstrap-servers",
-        &broker.bootstrap(),
-        "--mongodb-uri",
-        &mongod.uri(),
-        "--database",
-        database,
-        "--worker-id",
-        name,
-        "--http-listen",
-        &format!("127.0.0.1:{}", free_port().expect("port")),
-        "--metrics-listen",
-        &format!("127.0.0.1:{}", free_port().expect("port")),
-        "--group",
-        &format!("bench-{database}"),
-        "--session-timeout",
-        "10s",
-        "--drain-timeout",
-        "5s",
-        "--termination-grace",
-        "30s",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    ServiceProcess::spawn(name, env!("CARGO_BIN_EXE_projection-worker").as_ref(), args, &run.sub(name).expect("dir"))
-        .expect("worker")
+    let group = format!("bench-{database}");
+    let extra = ["--database", database, "--group", group.as_str(), "--batch-size", "2000"];
+    common::start_worker(run, name, broker, mongod, &extra).process
 }
 
 /// Unix millis of `field` in the assignment log, for entries at or after `since`.

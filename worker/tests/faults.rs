@@ -22,8 +22,8 @@ async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
     let mut mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
 
-    let _w1 = start_worker(&run, "w1", &broker, &mongod);
-    let w2 = start_worker(&run, "w2", &broker, &mongod);
+    let _w1 = start_worker(&run, "w1", &broker, &mongod, &[]);
+    let w2 = start_worker(&run, "w2", &broker, &mongod, &[]);
     let producing = {
         let (run_path, bootstrap) = (run.path().to_owned(), broker.bootstrap());
         tokio::spawn(async move {
@@ -70,7 +70,7 @@ async fn broker_restart_then_graceful_shutdown_commits_everything() {
     topics(&broker).await;
     let mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
-    let mut worker = start_worker(&run, "w1", &broker, &mongod);
+    let mut worker = start_worker(&run, "w1", &broker, &mongod, &[]);
 
     let (first, bad_first) = produce(&run, &broker, "first", 3000, 3000, 0.05).await;
     let mut expected = produced_ids(&first);

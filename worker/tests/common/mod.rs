@@ -17,7 +17,8 @@ pub struct Worker {
     pub http: u16,
 }
 
-pub fn start_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod) -> Worker {
+/// Starts a worker process; `extra` flags come last and win (e.g. another `--database`).
+pub fn start_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, extra: &[&str]) -> Worker {
     let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
     let args: Vec<OsString> = [
         "--bootstrap-servers",
@@ -40,6 +41,7 @@ pub fn start_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod) 
         "500",
     ]
     .iter()
+    .chain(extra)
     .map(OsString::from)
     .collect();
     let process = ServiceProcess::spawn(
