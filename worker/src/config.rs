@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// Parses `500ms`, `10s`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len()));
     let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 1m"))?;
@@ -12,7 +13,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "ms" => 0.001,
         "m" => 60.0,
-        _ => return Err(format!("{text:?}: unknown unit (ms, s, m)")),
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit (ms, s, m, h)")),
     };
     Duration::try_from_secs_f64(value * factor).map_err(|e| format!("{text:?}: {e}"))
 }

@@ -4,20 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use projection_worker::config::parse_duration;
 use projection_worker::producer::{self, ProducerConfig};
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len()));
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s or 5m"))?;
-    let factor = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("{text:?}: unknown unit (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(value * factor).map_err(|e| format!("{text:?}: {e}"))
-}
 
 /// Produces gpu_metrics and token_usage events to Kafka and prints a summary; exits non-zero
 /// if any delivery failed.
