@@ -43,6 +43,10 @@ pub struct Config {
     /// Longest an event waits in a partial batch.
     #[arg(long, env = "BATCH_LINGER", default_value = "100ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
+    /// Longest written offsets wait before they are committed (revokes and shutdown commit at
+    /// once). Each commit costs the broker work; a crash replays at most this much, idempotently.
+    #[arg(long, env = "COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub commit_interval: Duration,
     /// Largest accepted event; larger ones are dead-lettered.
     #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
     pub max_event_bytes: usize,
@@ -86,6 +90,12 @@ impl Config {
         }
         if self.session_timeout < Duration::from_secs(6) {
             return Err("--session-timeout must be at least 6s (the broker's minimum)".into());
+        }
+        if self.commit_interval >= self.session_timeout {
+            return Err(format!(
+                "--commit-interval ({:?}) must be shorter than --session-timeout ({:?})",
+                self.commit_interval, self.session_timeout
+            ));
         }
         if self.batch_size == 0 {
             return Err("--batch-size must be at least 1".into());
@@ -133,6 +143,7 @@ mod tests {
         assert!(parse(&["--drain-timeout", "40s"]).expect_err("drain > session").contains("drain-timeout"));
         assert!(parse(&["--session-timeout", "90s"]).expect_err("session > grace").contains("termination-grace"));
         assert!(parse(&["--batch-size", "0"]).is_err());
+        assert!(parse(&["--commit-interval", "31s"]).expect_err("commit > session").contains("commit-interval"));
         assert!(parse(&["--token-topic", "gpu_metrics"]).is_err());
         assert!(parse(&["--drain-timeout", "soon"]).is_err());
     }

@@ -5,8 +5,11 @@
 //!   the in-flight batch is flushed and its offsets committed synchronously (skipped if the
 //!   assignment was lost), bounded by the drain timeout; intake is stopped because nothing is
 //!   polled meanwhile. The new generation's assignment (`post_rebalance`) resumes processing.
-//! - Offsets are committed only after MongoDB acknowledged the batch; writes are idempotent
-//!   (`_id`), so whatever is replayed after a crash is written once.
+//! - Two stages: while MongoDB writes one batch (on the runtime), this thread polls and decodes
+//!   the next. Offsets are committed only after MongoDB acknowledged the batch, in order;
+//!   writes are idempotent (`_id`), so whatever is replayed after a crash is written once.
+//!   Commits are spaced by the commit interval (each costs the broker work), except on revoke
+//!   and shutdown, which commit at once.
 //! - MongoDB down: the flush retries with backoff and reports not-ready; nothing is committed
 //!   that was not written.
 
@@ -38,6 +41,9 @@ pub const ASSIGNMENTS: &str = "worker_assignments";
 pub enum ConsumeError {
     #[error("kafka consumer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Exiting makes the next owner replay from the last commit.
+    #[error("MongoDB write task failed; exiting so the uncommitted events are replayed: {0}")]
+    Writer(String),
 }
 
 /// State the HTTP endpoints read.
@@ -101,20 +107,62 @@ impl Shared {
     }
 }
 
+/// Decoded events not yet acknowledged by MongoDB.
 #[derive(Debug, Default)]
-struct Pending {
+struct Batch {
     /// collection (= topic) -> documents
     documents: BTreeMap<String, Vec<Document>>,
     dead: Vec<DeadLetter>,
-    /// (topic, partition) -> next offset to commit
-    next_offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl Batch {
+    /// Writes every collection's documents, then the dead letters; what succeeded leaves the
+    /// batch, so a retry sends only the rest.
+    async fn write(&mut self, sink: &Sink, metrics: &Metrics) -> Result<(), String> {
+        while let Some((topic, documents)) = self.documents.first_key_value() {
+            let outcome = sink.write(topic, documents).await.map_err(|e| e.to_string())?;
+            metrics.events_processed.with_label_values(&[topic, "written"]).inc_by(outcome.written);
+            metrics.events_processed.with_label_values(&[topic, "duplicate"]).inc_by(outcome.duplicates);
+            self.documents.pop_first();
+        }
+        if !self.dead.is_empty() {
+            sink.dead_letter(&self.dead).await.map_err(|e| e.to_string())?;
+            for letter in self.dead.drain(..) {
+                metrics.events_processed.with_label_values(&[&letter.topic, "dead_lettered"]).inc();
+                tracing::info!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, reason = letter.rejection.code(), "dead-lettered");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// (topic, partition) -> next offset to commit
+type Offsets = BTreeMap<(String, i32), i64>;
+
+#[derive(Debug, Default)]
+struct Pending {
+    batch: Batch,
+    next_offsets: Offsets,
     count: usize,
     since: Option<Instant>,
+}
+
+/// The batch MongoDB is writing while the loop polls and decodes the next one. At most one is
+/// in flight, so commits stay in offset order and a slow MongoDB holds intake back.
+#[derive(Debug)]
+struct InFlight {
+    write: tokio::task::JoinHandle<(Batch, Result<(), String>)>,
+    next_offsets: Offsets,
+    started: Instant,
 }
 
 #[derive(Debug)]
 struct Processing {
     pending: Pending,
+    in_flight: Option<InFlight>,
+    /// Written but not yet committed (commits are spaced by the commit interval, or failed).
+    uncommitted: Offsets,
+    last_commit: Instant,
     sink: Sink,
     runtime: Handle,
     shared: Arc<Shared>,
@@ -159,13 +207,14 @@ impl ConsumerContext for WorkerContext {
             p.revoked_at = Some(Instant::now());
             if consumer.assignment_lost() {
                 // Another member may own these partitions already: do not write or commit.
-                tracing::warn!(events = p.pending.count, "assignment lost; dropping the unwritten batch for replay");
-                p.pending = Pending::default();
+                // A write in flight finishes on its own (idempotent) but is not committed.
+                tracing::warn!(events = p.pending.count, "assignment lost; dropping the uncommitted batches for replay");
+                p.drop_uncommitted();
             } else {
                 let deadline = Instant::now() + p.config.drain_timeout;
                 if let Err(e) = p.flush(consumer, Some(deadline)) {
                     tracing::warn!(error = %e, "revoke: batch not written in time; its offsets stay uncommitted for replay");
-                    p.pending = Pending::default();
+                    p.drop_uncommitted();
                 }
             }
             p.record_revoke(partitions.count());
@@ -203,6 +252,9 @@ enum FlushError {
     Write(String),
     #[error("commit after the write failed: {0}")]
     Commit(rdkafka::error::KafkaError),
+    /// The write task died: its batch is gone, so nothing after it may be committed.
+    #[error("MongoDB write task failed: {0}")]
+    Writer(tokio::task::JoinError),
 }
 
 impl Processing {
@@ -227,9 +279,9 @@ impl Processing {
         match decoded {
             Ok(mut event) => {
                 event.document.insert("processed_by", doc! { "worker": &self.worker, "generation": self.generation });
-                self.pending.documents.entry(topic.to_owned()).or_default().push(event.document);
+                self.pending.batch.documents.entry(topic.to_owned()).or_default().push(event.document);
             }
-            Err(rejection) => self.pending.dead.push(DeadLetter {
+            Err(rejection) => self.pending.batch.dead.push(DeadLetter {
                 topic: topic.to_owned(),
                 partition: at.partition,
                 offset: at.offset,
@@ -249,69 +301,100 @@ impl Processing {
             || self.pending.since.is_some_and(|s| s.elapsed() >= self.config.batch_linger)
     }
 
-    /// Writes the batch (retrying until `deadline`, or forever without one unless stopping),
-    /// then commits its offsets synchronously.
-    fn flush(&mut self, consumer: &BaseConsumer<WorkerContext>, deadline: Option<Instant>) -> Result<(), FlushError> {
+    fn write_done(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.write.is_finished())
+    }
+
+    /// Hands the pending batch to MongoDB in the background, once the previous one is settled.
+    fn launch(&mut self, consumer: &BaseConsumer<WorkerContext>, deadline: Option<Instant>) -> Result<(), FlushError> {
+        self.settle(consumer, deadline, false)?;
         if self.pending.count == 0 {
             return Ok(());
         }
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            self.shared.write_started_ms.store(self.shared.now_ms() + 1, Ordering::Relaxed);
-            let written = self.write_pending();
-            self.shared.write_started_ms.store(0, Ordering::Relaxed);
-            match written {
-                Ok(()) => break,
-                Err(e) => {
-                    self.shared.metrics.write_errors.inc();
-                    self.shared.mongo_ok.store(false, Ordering::Relaxed);
-                    let give_up = deadline.is_some_and(|d| Instant::now() + backoff > d)
-                        || (deadline.is_none() && self.shared.stopping.load(Ordering::Relaxed));
-                    if give_up {
-                        return Err(FlushError::Write(e));
-                    }
-                    tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        self.shared.mongo_ok.store(true, Ordering::Relaxed);
-        self.shared.metrics.batch_write_duration.observe(started.elapsed().as_secs_f64());
-
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.pending.next_offsets {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)).map_err(FlushError::Commit)?;
-        }
-        consumer.commit(&offsets, CommitMode::Sync).map_err(FlushError::Commit)?;
-        self.pending = Pending::default();
+        let pending = std::mem::take(&mut self.pending);
+        let (sink, shared) = (self.sink.clone(), Arc::clone(&self.shared));
+        shared.write_started_ms.store(shared.now_ms() + 1, Ordering::Relaxed);
+        let write = self.runtime.spawn(async move {
+            let mut batch = pending.batch;
+            let result = batch.write(&sink, &shared.metrics).await;
+            shared.write_started_ms.store(0, Ordering::Relaxed);
+            (batch, result)
+        });
+        self.in_flight = Some(InFlight { write, next_offsets: pending.next_offsets, started: Instant::now() });
         Ok(())
     }
 
-    /// Writes every collection's documents and the dead letters; what succeeded is removed
-    /// from the batch, so a retry sends only the rest.
-    fn write_pending(&mut self) -> Result<(), String> {
-        let sink = self.sink.clone();
-        let metrics = &self.shared.metrics;
-        let topics: Vec<String> = self.pending.documents.keys().cloned().collect();
-        for topic in topics {
-            let documents = self.pending.documents.get(&topic).cloned().unwrap_or_default();
-            let outcome = self.runtime.block_on(sink.write(&topic, documents)).map_err(|e| e.to_string())?;
-            metrics.events_processed.with_label_values(&[&topic, "written"]).inc_by(outcome.written);
-            metrics.events_processed.with_label_values(&[&topic, "duplicate"]).inc_by(outcome.duplicates);
-            self.pending.documents.remove(&topic);
-        }
-        if !self.pending.dead.is_empty() {
-            let letters = self.pending.dead.clone();
-            self.runtime.block_on(sink.dead_letter(letters.clone())).map_err(|e| e.to_string())?;
-            for letter in &letters {
-                metrics.events_processed.with_label_values(&[&letter.topic, "dead_lettered"]).inc();
-                tracing::info!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, reason = letter.rejection.code(), "dead-lettered");
+    /// Waits for the write in flight, retrying what failed (until `deadline`, or forever
+    /// without one unless stopping), then commits synchronously when `now` or when due.
+    fn settle(
+        &mut self,
+        consumer: &BaseConsumer<WorkerContext>,
+        deadline: Option<Instant>,
+        now: bool,
+    ) -> Result<(), FlushError> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return self.commit(consumer, Offsets::new(), now);
+        };
+        let (mut batch, mut written) = self.runtime.block_on(in_flight.write).map_err(FlushError::Writer)?;
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = written {
+            self.shared.metrics.write_errors.inc();
+            self.shared.mongo_ok.store(false, Ordering::Relaxed);
+            let give_up = deadline.is_some_and(|d| Instant::now() + backoff > d)
+                || (deadline.is_none() && self.shared.stopping.load(Ordering::Relaxed));
+            if give_up {
+                return Err(FlushError::Write(e));
             }
-            self.pending.dead.clear();
+            tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; retrying");
+            std::thread::sleep(backoff);
+            // A deliberate pause, not a stuck loop: liveness stays green.
+            self.shared.touch();
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            self.shared.write_started_ms.store(self.shared.now_ms() + 1, Ordering::Relaxed);
+            written = self.runtime.block_on(batch.write(&self.sink, &self.shared.metrics));
+            self.shared.write_started_ms.store(0, Ordering::Relaxed);
         }
+        self.shared.mongo_ok.store(true, Ordering::Relaxed);
+        self.shared.metrics.batch_write_duration.observe(in_flight.started.elapsed().as_secs_f64());
+        self.commit(consumer, in_flight.next_offsets, now)
+    }
+
+    fn commit_due(&self) -> bool {
+        !self.uncommitted.is_empty() && self.last_commit.elapsed() >= self.config.commit_interval
+    }
+
+    /// Adds the written `offsets` to those awaiting a commit and commits them all when `now`
+    /// or when due; on failure keeps them for the next one (a later offset of the same
+    /// partition supersedes them).
+    fn commit(&mut self, consumer: &BaseConsumer<WorkerContext>, offsets: Offsets, now: bool) -> Result<(), FlushError> {
+        for (key, next) in offsets {
+            let entry = self.uncommitted.entry(key).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+        if self.uncommitted.is_empty() || !(now || self.commit_due()) {
+            return Ok(());
+        }
+        self.last_commit = Instant::now();
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.uncommitted {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*next)).map_err(FlushError::Commit)?;
+        }
+        consumer.commit(&list, CommitMode::Sync).map_err(FlushError::Commit)?;
+        self.uncommitted.clear();
         Ok(())
+    }
+
+    /// Writes and commits everything taken so far (revoke, shutdown).
+    fn flush(&mut self, consumer: &BaseConsumer<WorkerContext>, deadline: Option<Instant>) -> Result<(), FlushError> {
+        self.launch(consumer, deadline)?;
+        self.settle(consumer, deadline, true)
+    }
+
+    /// Forgets what is not committed; the partitions' next owner replays it.
+    fn drop_uncommitted(&mut self) {
+        self.pending = Pending::default();
+        self.in_flight = None;
+        self.uncommitted.clear();
     }
 
     fn assignments(&self) -> mongodb::Collection<Document> {
@@ -361,6 +444,9 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
     let context = WorkerContext {
         processing: Mutex::new(Processing {
             pending: Pending::default(),
+            in_flight: None,
+            uncommitted: Offsets::new(),
+            last_commit: Instant::now(),
             sink,
             runtime,
             shared: Arc::clone(&shared),
@@ -386,6 +472,11 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
         .set("heartbeat.interval.ms", heartbeat.as_millis().to_string())
         .set("max.poll.interval.ms", "300000")
         .set("statistics.interval.ms", "5000")
+        // Bounded prefetch (memory) and fewer, fuller fetches: each fetch costs the broker,
+        // and a projection needs throughput, not sub-200 ms latency.
+        .set("queued.min.messages", "20000")
+        .set("fetch.min.bytes", "1048576")
+        .set("fetch.wait.max.ms", "200")
         .create_with_context(context)?;
     consumer.subscribe(&[&config.gpu_topic, &config.token_topic])?;
     tracing::info!(%worker, group = %config.group, "consuming");
@@ -400,13 +491,20 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error (librdkafka reconnects by itself)"),
             None => {}
         }
-        if p.due()
-            && let Err(e) = p.flush(&consumer, None)
-        {
-            // Not committed: the batch stays pending and is retried on the next round.
-            tracing::warn!(error = %e, "flush failed");
-        }
+        let step = if p.due() {
+            p.launch(&consumer, None)
+        } else if p.write_done() || p.commit_due() {
+            p.settle(&consumer, None, false)
+        } else {
+            Ok(())
+        };
         drop(p);
+        match step {
+            Err(FlushError::Writer(e)) => return Err(ConsumeError::Writer(e.to_string())),
+            // Not committed: what failed stays pending and is retried on the next round.
+            Err(e) => tracing::warn!(error = %e, "flush failed"),
+            Ok(()) => {}
+        }
         if consumer.context().members_stale.swap(false, Ordering::Relaxed)
             || members_checked.elapsed() > Duration::from_secs(10)
         {

@@ -1,7 +1,8 @@
 //! Kafka message -> MongoDB document, or a reason it must be dead-lettered. Validation is
 //! strict on what the schema defines and lenient on what it does not (unknown fields are kept).
 
-use mongodb::bson::{self, Bson, DateTime, Document, doc};
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::events::{GpuMetric, Kind, TokenUsage};
@@ -73,6 +74,29 @@ fn finite_within(name: &str, value: f64, min: f64, max: f64) -> Result<(), Rejec
     }
 }
 
+/// JSON -> BSON, moving strings rather than copying them. Integers become Int64 and other
+/// numbers Double; an integer beyond i64 has no BSON form and is rejected.
+fn to_bson(value: Value) -> Result<Bson, Rejection> {
+    Ok(match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(b),
+        Value::Number(n) => match (n.as_i64(), n.is_u64()) {
+            (Some(i), _) => Bson::Int64(i),
+            (None, true) => return Err(Rejection::OutOfRange(format!("{n} does not fit a BSON integer"))),
+            (None, false) => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Bson::String(s),
+        Value::Array(items) => Bson::Array(items.into_iter().map(to_bson).collect::<Result<_, _>>()?),
+        Value::Object(fields) => {
+            let mut document = Document::new();
+            for (key, value) in fields {
+                document.insert(key, to_bson(value)?);
+            }
+            Bson::Document(document)
+        }
+    })
+}
+
 /// Decodes and validates one message of `kind`.
 pub fn decode(
     kind: Kind,
@@ -90,9 +114,10 @@ pub fn decode(
         return Err(Rejection::NotAnObject);
     }
     let schema = |e: serde_json::Error| Rejection::Schema(e.to_string());
+    // Typed views borrow the parsed value: one parse, no copy.
     let (event_id, ts, total_tokens) = match kind {
         Kind::GpuMetrics => {
-            let e: GpuMetric = serde_json::from_value(value.clone()).map_err(schema)?;
+            let e = GpuMetric::deserialize(&value).map_err(schema)?;
             finite_within("utilization", e.utilization, 0.0, 1.0)?;
             finite_within("power_w", e.power_w, 0.0, 100_000.0)?;
             finite_within("price_per_hour_usd", e.price_per_hour_usd, 0.0, 1_000_000.0)?;
@@ -108,7 +133,7 @@ pub fn decode(
             (e.event_id, e.ts, None)
         }
         Kind::TokenUsage => {
-            let e: TokenUsage = serde_json::from_value(value.clone()).map_err(schema)?;
+            let e = TokenUsage::deserialize(&value).map_err(schema)?;
             finite_within("latency_ms", e.latency_ms, 0.0, 86_400_000.0)?;
             if e.model.is_empty() {
                 return Err(Rejection::Schema("model is empty".into()));
@@ -121,10 +146,9 @@ pub fn decode(
     let id = if event_id.is_empty() { at.id() } else { event_id };
 
     // The original object, unknown fields included, plus what the projection derives.
-    let mut document = match bson::to_bson(&value) {
-        Ok(Bson::Document(d)) => d,
-        Ok(_) => return Err(Rejection::NotAnObject),
-        Err(e) => return Err(Rejection::Schema(format!("not representable in BSON: {e}"))),
+    let mut document = match to_bson(value)? {
+        Bson::Document(d) => d,
+        _ => return Err(Rejection::NotAnObject),
     };
     document.insert("_id", id.clone());
     document.insert("ts", ts);
@@ -202,6 +226,12 @@ mod tests {
             decode(Kind::GpuMetrics, Some(b"\xff\xfe"), AT, 10, now()).map_err(|r| r.code()),
             Err("invalid_json")
         );
+        let huge = br#"{"schema_version":1,"event_id":"x","ts":"2026-11-23T14:19:10Z","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0,"extra":{"n":[18446744073709551615]}}"#;
+        assert_eq!(decode(Kind::TokenUsage, Some(huge), AT, 1024, now()).map_err(|r| r.code()), Err("out_of_range"));
+        let nested = br#"{"schema_version":1,"event_id":"x","ts":"2026-11-23T14:19:10Z","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0,"extra":{"a":[1,2.5,null,true,"s"]}}"#;
+        let d = decode(Kind::TokenUsage, Some(nested), AT, 1024, now()).expect("valid");
+        let a = d.document.get_document("extra").and_then(|e| e.get_array("a")).expect("kept");
+        assert_eq!(a, &vec![Bson::Int64(1), Bson::Double(2.5), Bson::Null, Bson::Boolean(true), Bson::String("s".into())]);
         let bad_ts = br#"{"schema_version":1,"event_id":"x","ts":"yesterday","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0}"#;
         assert_eq!(
             decode(Kind::TokenUsage, Some(bad_ts), AT, 1024, now()).map_err(|r| r.code()),

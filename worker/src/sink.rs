@@ -89,20 +89,21 @@ impl Sink {
     }
 
     /// Inserts `documents` into `collection`; duplicates of earlier writes count as done.
-    pub async fn write(&self, collection: &str, documents: Vec<Document>) -> Result<WriteOutcome, SinkError> {
+    /// Borrows the documents so a failed batch can be retried without copying it.
+    pub async fn write(&self, collection: &str, documents: &[Document]) -> Result<WriteOutcome, SinkError> {
         insert_idempotent(&self.db.collection(collection), documents, self.write_timeout).await
     }
 
     /// Records rejected messages with their reason and coordinates (idempotent per coordinate).
-    pub async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<WriteOutcome, SinkError> {
-        let documents = letters.into_iter().map(DeadLetter::into_document).collect();
-        insert_idempotent(&self.dead_letters, documents, self.write_timeout).await
+    pub async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<WriteOutcome, SinkError> {
+        let documents: Vec<Document> = letters.iter().cloned().map(DeadLetter::into_document).collect();
+        insert_idempotent(&self.dead_letters, &documents, self.write_timeout).await
     }
 }
 
 async fn insert_idempotent(
     collection: &Collection<Document>,
-    documents: Vec<Document>,
+    documents: &[Document],
     timeout: std::time::Duration,
 ) -> Result<WriteOutcome, SinkError> {
     let total = documents.len() as u64;

@@ -30,13 +30,13 @@ async fn replayed_batches_write_nothing_twice_and_failures_are_errors() {
 
     let mut g = Generator::new(5, 4, 8);
     let first = events(&mut g, 500, 0);
-    let outcome = sink.write("token_usage", first.clone()).await.expect("write");
+    let outcome = sink.write("token_usage", &first).await.expect("write");
     assert_eq!((outcome.written, outcome.duplicates), (500, 0));
 
     // A replay of the same batch plus new events (what a crash before commit produces).
     let mut replay = first.clone();
     replay.extend(events(&mut g, 200, 500));
-    let outcome = sink.write("token_usage", replay).await.expect("replay");
+    let outcome = sink.write("token_usage", &replay).await.expect("replay");
     assert_eq!((outcome.written, outcome.duplicates), (200, 500));
 
     let collection = sink.database().collection::<Document>("token_usage");
@@ -58,8 +58,8 @@ async fn replayed_batches_write_nothing_twice_and_failures_are_errors() {
         rejection,
         received_at: DateTime::now(),
     };
-    assert_eq!(sink.dead_letter(vec![letter.clone()]).await.expect("dead letter").written, 1);
-    assert_eq!(sink.dead_letter(vec![letter]).await.expect("again").duplicates, 1);
+    assert_eq!(sink.dead_letter(std::slice::from_ref(&letter)).await.expect("dead letter").written, 1);
+    assert_eq!(sink.dead_letter(&[letter]).await.expect("again").duplicates, 1);
     let dl =
         sink.database().collection::<Document>("dead_letters").find_one(doc! {}).await.expect("find").expect("one");
     assert_eq!(dl.get_str("_id"), Ok("gpu_metrics#2#9"));
@@ -69,12 +69,12 @@ async fn replayed_batches_write_nothing_twice_and_failures_are_errors() {
     // mongod down: a write is an error, never silently "done"; after a restart it succeeds.
     mongod.stop();
     let pending = events(&mut g, 50, 700);
-    let failed = tokio::time::timeout(Duration::from_secs(30), sink.write("token_usage", pending.clone()))
+    let failed = tokio::time::timeout(Duration::from_secs(30), sink.write("token_usage", &pending))
         .await
         .expect("bounded");
     assert!(failed.is_err(), "write while mongod is down must fail: {failed:?}");
     mongod.restart().await.expect("restart");
-    let outcome = sink.write("token_usage", pending).await.expect("write after restart");
+    let outcome = sink.write("token_usage", &pending).await.expect("write after restart");
     assert_eq!(outcome.written, 50);
     assert_eq!(collection.count_documents(doc! {}).await.expect("count"), 750);
 }
