@@ -3,6 +3,7 @@
 //! - raw insert ceiling: pre-decoded documents written with `insert_many` batches of 2,000;
 //! - the worker: a backlog of events projected by one release `projection-worker`;
 //! - the original pipeline's approach: a consumer doing one `insert_one` per message;
+//! - the worker's peak RSS while draining;
 //! - rebalance pause going from 2 to 3 workers: revoke -> every partition processing again,
 //!   from the workers' assignment log.
 //!
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lagscale_tests::process::ServiceProcess;
 use lagscale_tests::{Broker, Mongod, RunDir};
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{DateTime, Document, RawDocumentBuf, doc};
 use projection_worker::decode::{Coordinates, decode};
 use projection_worker::events::{Generator, Kind};
 use projection_worker::producer::{self, ProducerConfig};
@@ -51,6 +52,16 @@ async fn produce(broker: &Broker, count: u64, seed: u64) {
     assert_eq!(summary.failed, 0);
 }
 
+/// Resident set of `pid` in KiB (0 once it is gone).
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn total(db: &mongodb::Database) -> u64 {
     let mut n = 0;
     for c in ["gpu_metrics", "token_usage"] {
@@ -61,7 +72,21 @@ async fn total(db: &mongodb::Database) -> u64 {
 
 fn spawn_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, database: &str) -> ServiceProcess {
     let group = format!("bench-{database}");
-    let extra = ["--database", database, "--group", group.as_str(), "--batch-size", "2000"];
+    // Production timeouts (the tests' short session means a heartbeat a second).
+    let extra = [
+        "--database",
+        database,
+        "--group",
+        group.as_str(),
+        "--batch-size",
+        "2000",
+        "--session-timeout",
+        "30s",
+        "--drain-timeout",
+        "10s",
+        "--termination-grace",
+        "60s",
+    ];
     common::start_worker(run, name, broker, mongod, &extra).process
 }
 
@@ -93,7 +118,7 @@ async fn main() {
     let sink = Sink::connect(&mongod.uri(), "ceiling", "dead_letters", Duration::from_secs(60)).await.expect("sink");
     sink.ensure_indexes(&["gpu_metrics", "token_usage"]).await.expect("indexes");
     let mut g = Generator::new(99, 16, 8);
-    let mut docs: Vec<(Kind, Document)> = Vec::with_capacity(events as usize);
+    let mut docs: Vec<(Kind, RawDocumentBuf)> = Vec::with_capacity(events as usize);
     for i in 0..events {
         let (kind, (_, payload, _)) =
             if i % 2 == 0 { (Kind::GpuMetrics, g.gpu_metric()) } else { (Kind::TokenUsage, g.token_usage()) };
@@ -126,9 +151,12 @@ async fn main() {
         assert!(launched.elapsed() < Duration::from_secs(120), "worker starts writing");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let pid = worker.pid().expect("worker pid");
+    let mut rss_max = 0u64;
     while total(&db).await < events {
         assert!(launched.elapsed() < Duration::from_secs(600), "worker drains the backlog");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        rss_max = rss_max.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sustained = first_seen.elapsed();
     let worker_rate = (events - first_count) as f64 / sustained.as_secs_f64();
@@ -138,6 +166,11 @@ async fn main() {
         events - first_count,
         launched.elapsed(),
         events as f64 / launched.elapsed().as_secs_f64(),
+    );
+    println!(
+        "worker RSS: max {:.1} MiB while draining (target <= 64 MB: {})",
+        rss_max as f64 / 1024.0,
+        if rss_max * 1024 <= 64_000_000 { "meets" } else { "MISSES" }
     );
     drop(worker);
 

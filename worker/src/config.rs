@@ -44,8 +44,9 @@ pub struct Config {
     #[arg(long, env = "BATCH_LINGER", default_value = "100ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
     /// Longest written offsets wait before they are committed (revokes and shutdown commit at
-    /// once). Each commit costs the broker work; a crash replays at most this much, idempotently.
-    #[arg(long, env = "COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    /// once). Kafka's own auto-commit default; each commit costs the broker work, and a crash
+    /// replays at most this much, idempotently.
+    #[arg(long, env = "COMMIT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub commit_interval: Duration,
     /// Largest accepted event; larger ones are dead-lettered.
     #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
@@ -71,11 +72,22 @@ pub struct Config {
     /// Prometheus /metrics.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
+    /// Extra librdkafka consumer properties, `KEY=VALUE` (repeatable, or comma-separated in
+    /// the environment), applied last: security (`security.protocol`, `sasl.*`, `ssl.*`) and
+    /// fetch tuning. Values are never logged.
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub kafka_properties: Vec<String>,
     /// Name of this worker in logs, metrics and the assignment log (default: hostname-pid).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// `KEY=VALUE`, both non-empty. Checked in `validate` rather than by clap, whose errors would
+/// echo the value (a password, say).
+fn split_property(text: &str) -> Option<(&str, &str)> {
+    text.split_once('=').map(|(k, v)| (k.trim(), v)).filter(|(k, v)| !k.is_empty() && !v.is_empty())
 }
 
 impl Config {
@@ -97,6 +109,12 @@ impl Config {
                 self.commit_interval, self.session_timeout
             ));
         }
+        for (i, property) in self.kafka_properties.iter().enumerate() {
+            if split_property(property).is_none() {
+                let key = property.split_once('=').map_or("", |(k, _)| k);
+                return Err(format!("--kafka-property #{} (key {key:?}): expected KEY=VALUE", i + 1));
+            }
+        }
         if self.batch_size == 0 {
             return Err("--batch-size must be at least 1".into());
         }
@@ -107,6 +125,11 @@ impl Config {
             return Err("--max-event-bytes must be at least 1024".into());
         }
         Ok(())
+    }
+
+    /// The `--kafka-property` pairs (valid once `validate` passed).
+    pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.kafka_properties.iter().filter_map(|p| split_property(p))
     }
 
     pub fn worker_id(&self) -> String {
@@ -139,10 +162,26 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_repeat_and_keep_equals_in_values() {
+        let c = parse(&["--kafka-property", "security.protocol=SASL_SSL", "--kafka-property", "sasl.password=a=b"])
+            .expect("valid");
+        assert_eq!(
+            c.kafka_properties().collect::<Vec<_>>(),
+            vec![("security.protocol", "SASL_SSL"), ("sasl.password", "a=b")]
+        );
+    }
+
+    #[test]
     fn broken_invariants_are_rejected() {
         assert!(parse(&["--drain-timeout", "40s"]).expect_err("drain > session").contains("drain-timeout"));
         assert!(parse(&["--session-timeout", "90s"]).expect_err("session > grace").contains("termination-grace"));
         assert!(parse(&["--batch-size", "0"]).is_err());
+        assert!(parse(&["--kafka-property", "novalue"]).expect_err("no =").contains("KEY=VALUE"));
+        // A malformed secret-bearing property is reported by key only.
+        let e = parse(&["--kafka-property", "=hunter2"]).expect_err("no key");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = parse(&["--kafka-property", "a=1", "--kafka-property", "sasl.password="]).expect_err("no value");
+        assert!(e.contains("#2") && e.contains("sasl.password") && e.contains("KEY=VALUE"), "{e}");
         assert!(parse(&["--commit-interval", "31s"]).expect_err("commit > session").contains("commit-interval"));
         assert!(parse(&["--token-topic", "gpu_metrics"]).is_err());
         assert!(parse(&["--drain-timeout", "soon"]).is_err());

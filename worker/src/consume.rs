@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{Bson, DateTime, Document, RawDocumentBuf, doc, rawdoc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
@@ -26,7 +26,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::config::Config;
-use crate::decode::{Coordinates, decode};
+use crate::decode::{Coordinates, Rejection, decode};
 use crate::events::Kind;
 use crate::metrics::Metrics;
 use crate::sink::{DeadLetter, Sink};
@@ -111,7 +111,7 @@ impl Shared {
 #[derive(Debug, Default)]
 struct Batch {
     /// collection (= topic) -> documents
-    documents: BTreeMap<String, Vec<Document>>,
+    documents: BTreeMap<String, Vec<RawDocumentBuf>>,
     dead: Vec<DeadLetter>,
 }
 
@@ -123,6 +123,11 @@ impl Batch {
             let outcome = sink.write(topic, documents).await.map_err(|e| e.to_string())?;
             metrics.events_processed.with_label_values(&[topic, "written"]).inc_by(outcome.written);
             metrics.events_processed.with_label_values(&[topic, "duplicate"]).inc_by(outcome.duplicates);
+            for (index, code, message) in outcome.refused {
+                if let Some(document) = documents.get(index) {
+                    self.dead.push(refused(topic, document, code, message));
+                }
+            }
             self.documents.pop_first();
         }
         if !self.dead.is_empty() {
@@ -133,6 +138,27 @@ impl Batch {
             }
         }
         Ok(())
+    }
+}
+
+/// A dead letter for a document MongoDB refused: coordinates from its `kafka` field, the
+/// document itself (as extended JSON) as the payload.
+fn refused(topic: &str, document: &RawDocumentBuf, code: i32, message: String) -> DeadLetter {
+    let kafka = document.get_document("kafka").ok();
+    let partition = kafka.and_then(|k| k.get_i32("partition").ok()).unwrap_or(-1);
+    let offset = kafka.and_then(|k| k.get_i64("offset").ok()).unwrap_or(-1);
+    let payload = document
+        .to_document()
+        .map(|d| Bson::Document(d).into_relaxed_extjson().to_string().into_bytes())
+        .unwrap_or_else(|_| document.as_bytes().to_vec());
+    DeadLetter {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        key: None,
+        payload: Some(payload),
+        rejection: Rejection::Refused { code, message },
+        received_at: DateTime::now(),
     }
 }
 
@@ -208,7 +234,10 @@ impl ConsumerContext for WorkerContext {
             if consumer.assignment_lost() {
                 // Another member may own these partitions already: do not write or commit.
                 // A write in flight finishes on its own (idempotent) but is not committed.
-                tracing::warn!(events = p.pending.count, "assignment lost; dropping the uncommitted batches for replay");
+                tracing::warn!(
+                    events = p.pending.count,
+                    "assignment lost; dropping the uncommitted batches for replay"
+                );
                 p.drop_uncommitted();
             } else {
                 let deadline = Instant::now() + p.config.drain_timeout;
@@ -278,7 +307,9 @@ impl Processing {
         };
         match decoded {
             Ok(mut event) => {
-                event.document.insert("processed_by", doc! { "worker": &self.worker, "generation": self.generation });
+                event
+                    .document
+                    .append("processed_by", rawdoc! { "worker": self.worker.as_str(), "generation": self.generation });
                 self.pending.batch.documents.entry(topic.to_owned()).or_default().push(event.document);
             }
             Err(rejection) => self.pending.batch.dead.push(DeadLetter {
@@ -366,7 +397,12 @@ impl Processing {
     /// Adds the written `offsets` to those awaiting a commit and commits them all when `now`
     /// or when due; on failure keeps them for the next one (a later offset of the same
     /// partition supersedes them).
-    fn commit(&mut self, consumer: &BaseConsumer<WorkerContext>, offsets: Offsets, now: bool) -> Result<(), FlushError> {
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<WorkerContext>,
+        offsets: Offsets,
+        now: bool,
+    ) -> Result<(), FlushError> {
         for (key, next) in offsets {
             let entry = self.uncommitted.entry(key).or_insert(next);
             *entry = (*entry).max(next);
@@ -459,7 +495,8 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
         members_stale: AtomicBool::new(true),
     };
     let heartbeat = (config.session_timeout / 10).max(Duration::from_millis(500));
-    let consumer: BaseConsumer<WorkerContext> = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.group)
         .set("client.id", &worker)
@@ -472,12 +509,18 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
         .set("heartbeat.interval.ms", heartbeat.as_millis().to_string())
         .set("max.poll.interval.ms", "300000")
         .set("statistics.interval.ms", "5000")
-        // Bounded prefetch (memory) and fewer, fuller fetches: each fetch costs the broker,
-        // and a projection needs throughput, not sub-200 ms latency.
-        .set("queued.min.messages", "20000")
+        // Bounded prefetch (RSS: 8 MiB queued, 1 MiB per partition and fetch) and fewer,
+        // fuller fetches: each fetch costs the broker, and a projection needs throughput, not
+        // sub-200 ms latency.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.min.messages", "5000")
+        .set("fetch.max.bytes", "8388608")
         .set("fetch.min.bytes", "1048576")
-        .set("fetch.wait.max.ms", "200")
-        .create_with_context(context)?;
+        .set("fetch.wait.max.ms", "200");
+    for (key, value) in config.kafka_properties() {
+        client.set(key, value);
+    }
+    let consumer: BaseConsumer<WorkerContext> = client.create_with_context(context)?;
     consumer.subscribe(&[&config.gpu_topic, &config.token_topic])?;
     tracing::info!(%worker, group = %config.group, "consuming");
 

@@ -1,7 +1,7 @@
 //! Kafka message -> MongoDB document, or a reason it must be dead-lettered. Validation is
 //! strict on what the schema defines and lenient on what it does not (unknown fields are kept).
 
-use mongodb::bson::{Bson, DateTime, Document, doc};
+use mongodb::bson::{DateTime, RawArrayBuf, RawBson, RawDocumentBuf, rawdoc};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -37,6 +37,9 @@ pub enum Rejection {
     Schema(String),
     #[error("value out of range: {0}")]
     OutOfRange(String),
+    /// Passed validation, but MongoDB refused the document (error code and message).
+    #[error("refused by MongoDB (code {code}): {message}")]
+    Refused { code: i32, message: String },
 }
 
 impl Rejection {
@@ -49,6 +52,7 @@ impl Rejection {
             Self::NotAnObject => "not_an_object",
             Self::Schema(_) => "schema_violation",
             Self::OutOfRange(_) => "out_of_range",
+            Self::Refused { .. } => "refused_by_mongodb",
         }
     }
 }
@@ -56,7 +60,7 @@ impl Rejection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
     pub id: String,
-    pub document: Document,
+    pub document: RawDocumentBuf,
 }
 
 fn parse_ts(ts: &str) -> Result<DateTime, Rejection> {
@@ -74,25 +78,53 @@ fn finite_within(name: &str, value: f64, min: f64, max: f64) -> Result<(), Rejec
     }
 }
 
-/// JSON -> BSON, moving strings rather than copying them. Integers become Int64 and other
+/// Fields the projection writes itself; a source field of the same name is replaced.
+pub const DERIVED_FIELDS: [&str; 6] = ["_id", "ts", "total_tokens", "kafka", "ingested_at", "processed_by"];
+
+/// Deepest nesting of objects and arrays kept (MongoDB refuses documents past 100 levels).
+const MAX_DEPTH: usize = 32;
+
+/// A field name MongoDB would refuse or misread: NUL cannot be encoded, and `$`-prefixed
+/// names are operators.
+fn check_key(key: &str) -> Result<(), Rejection> {
+    if key.contains('\0') {
+        return Err(Rejection::Schema(format!("field name {key:?} contains NUL")));
+    }
+    if key.starts_with('$') {
+        return Err(Rejection::Schema(format!("field name {key:?} starts with '$'")));
+    }
+    Ok(())
+}
+
+/// JSON -> BSON bytes, moving strings rather than copying them. Integers become Int64 and other
 /// numbers Double; an integer beyond i64 has no BSON form and is rejected.
-fn to_bson(value: Value) -> Result<Bson, Rejection> {
+fn to_raw(value: Value, depth: usize) -> Result<RawBson, Rejection> {
+    if depth > MAX_DEPTH {
+        return Err(Rejection::Schema(format!("nested deeper than {MAX_DEPTH} levels")));
+    }
     Ok(match value {
-        Value::Null => Bson::Null,
-        Value::Bool(b) => Bson::Boolean(b),
+        Value::Null => RawBson::Null,
+        Value::Bool(b) => RawBson::Boolean(b),
         Value::Number(n) => match (n.as_i64(), n.is_u64()) {
-            (Some(i), _) => Bson::Int64(i),
+            (Some(i), _) => RawBson::Int64(i),
             (None, true) => return Err(Rejection::OutOfRange(format!("{n} does not fit a BSON integer"))),
-            (None, false) => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+            (None, false) => RawBson::Double(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Value::String(s) => Bson::String(s),
-        Value::Array(items) => Bson::Array(items.into_iter().map(to_bson).collect::<Result<_, _>>()?),
-        Value::Object(fields) => {
-            let mut document = Document::new();
-            for (key, value) in fields {
-                document.insert(key, to_bson(value)?);
+        Value::String(s) => RawBson::String(s),
+        Value::Array(items) => {
+            let mut array = RawArrayBuf::new();
+            for item in items {
+                array.push(to_raw(item, depth + 1)?);
             }
-            Bson::Document(document)
+            RawBson::Array(array)
+        }
+        Value::Object(fields) => {
+            let mut document = RawDocumentBuf::new();
+            for (key, value) in fields {
+                check_key(&key)?;
+                document.append(key, to_raw(value, depth + 1)?);
+            }
+            RawBson::Document(document)
         }
     })
 }
@@ -145,18 +177,25 @@ pub fn decode(
     let ts = parse_ts(&ts)?;
     let id = if event_id.is_empty() { at.id() } else { event_id };
 
-    // The original object, unknown fields included, plus what the projection derives.
-    let mut document = match to_bson(value)? {
-        Bson::Document(d) => d,
-        _ => return Err(Rejection::NotAnObject),
+    // The original object, unknown fields included, plus what the projection derives; built
+    // as BSON bytes once, here, so the write only copies them.
+    let Value::Object(fields) = value else {
+        return Err(Rejection::NotAnObject);
     };
-    document.insert("_id", id.clone());
-    document.insert("ts", ts);
-    if let Some(total) = total_tokens {
-        document.insert("total_tokens", total);
+    let mut document = RawDocumentBuf::new();
+    document.append("_id", id.as_str());
+    for (key, value) in fields {
+        check_key(&key)?;
+        if !DERIVED_FIELDS.contains(&key.as_str()) {
+            document.append(key, to_raw(value, 1)?);
+        }
     }
-    document.insert("kafka", doc! { "topic": at.topic, "partition": at.partition, "offset": at.offset });
-    document.insert("ingested_at", ingested_at);
+    document.append("ts", ts);
+    if let Some(total) = total_tokens {
+        document.append("total_tokens", total);
+    }
+    document.append("kafka", rawdoc! { "topic": at.topic, "partition": at.partition, "offset": at.offset });
+    document.append("ingested_at", ingested_at);
     Ok(Decoded { id, document })
 }
 
@@ -164,6 +203,11 @@ pub fn decode(
 mod tests {
     use super::*;
     use crate::events::Generator;
+    use mongodb::bson::{Bson, Document};
+
+    fn document(d: &Decoded) -> Document {
+        d.document.to_document().expect("valid BSON")
+    }
 
     const AT: Coordinates<'static> = Coordinates { topic: "token_usage", partition: 3, offset: 42 };
 
@@ -176,16 +220,17 @@ mod tests {
         let json = br#"{"schema_version":1,"event_id":"01J0","ts":"2026-11-23T14:19:10.250Z","model":"m","prompt_tokens":10,"completion_tokens":5,"latency_ms":12.5,"gpu_index":0,"region":"eu"}"#;
         let d = decode(Kind::TokenUsage, Some(json), AT, 1024, now()).expect("valid");
         assert_eq!(d.id, "01J0");
-        assert_eq!(d.document.get_str("_id"), Ok("01J0"));
-        assert_eq!(d.document.get_i64("total_tokens"), Ok(15));
-        assert_eq!(d.document.get_datetime("ts").map(|t| t.timestamp_millis()), Ok(1_795_443_550_250));
-        assert_eq!(d.document.get_str("region"), Ok("eu"));
-        let kafka = d.document.get_document("kafka").expect("kafka");
+        let doc = document(&d);
+        assert_eq!(doc.get_str("_id"), Ok("01J0"));
+        assert_eq!(doc.get_i64("total_tokens"), Ok(15));
+        assert_eq!(doc.get_datetime("ts").map(|t| t.timestamp_millis()), Ok(1_795_443_550_250));
+        assert_eq!(doc.get_str("region"), Ok("eu"));
+        let kafka = doc.get_document("kafka").expect("kafka");
         assert_eq!(
             (kafka.get_str("topic"), kafka.get_i32("partition"), kafka.get_i64("offset")),
             (Ok("token_usage"), Ok(3), Ok(42))
         );
-        assert_eq!(d.document.get_datetime("ingested_at"), Ok(&now()));
+        assert_eq!(doc.get_datetime("ingested_at"), Ok(&now()));
     }
 
     #[test]
@@ -230,8 +275,37 @@ mod tests {
         assert_eq!(decode(Kind::TokenUsage, Some(huge), AT, 1024, now()).map_err(|r| r.code()), Err("out_of_range"));
         let nested = br#"{"schema_version":1,"event_id":"x","ts":"2026-11-23T14:19:10Z","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0,"extra":{"a":[1,2.5,null,true,"s"]}}"#;
         let d = decode(Kind::TokenUsage, Some(nested), AT, 1024, now()).expect("valid");
-        let a = d.document.get_document("extra").and_then(|e| e.get_array("a")).expect("kept");
-        assert_eq!(a, &vec![Bson::Int64(1), Bson::Double(2.5), Bson::Null, Bson::Boolean(true), Bson::String("s".into())]);
+        let doc = document(&d);
+        let a = doc.get_document("extra").and_then(|e| e.get_array("a")).expect("kept");
+        assert_eq!(
+            a,
+            &vec![Bson::Int64(1), Bson::Double(2.5), Bson::Null, Bson::Boolean(true), Bson::String("s".into())]
+        );
+        // Field names MongoDB would refuse must not reach it (they would block the partition).
+        for hostile in [
+            r#"{"$where":1}"#.to_owned(),
+            r#"{"a":{"$set":1}}"#.to_owned(),
+            r#"{"a\u0000b":1}"#.to_owned(),
+            format!(r#"{{"deep":{}1{}}}"#, "[".repeat(40), "]".repeat(40)),
+        ] {
+            let json = format!(
+                r#"{{"schema_version":1,"event_id":"x","ts":"2026-11-23T14:19:10Z","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0,"extra":{hostile}}}"#
+            );
+            assert_eq!(
+                decode(Kind::TokenUsage, Some(json.as_bytes()), AT, 4096, now()).map_err(|r| r.code()),
+                Err("schema_violation"),
+                "{hostile}"
+            );
+        }
+        // Source fields named like derived ones are replaced, never duplicated.
+        let shadow = br#"{"schema_version":1,"event_id":"x","ts":"2026-11-23T14:19:10Z","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0,"_id":"forged","kafka":"forged","total_tokens":999}"#;
+        let d = decode(Kind::TokenUsage, Some(shadow), AT, 4096, now()).expect("valid");
+        let keys: Vec<String> = d.document.iter().map(|e| e.expect("element").0.to_owned()).collect();
+        for derived in DERIVED_FIELDS.iter().filter(|f| **f != "processed_by") {
+            assert_eq!(keys.iter().filter(|k| k == derived).count(), 1, "{derived} once in {keys:?}");
+        }
+        let doc = document(&d);
+        assert_eq!((doc.get_str("_id"), doc.get_i64("total_tokens")), (Ok("x"), Ok(2)));
         let bad_ts = br#"{"schema_version":1,"event_id":"x","ts":"yesterday","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0}"#;
         assert_eq!(
             decode(Kind::TokenUsage, Some(bad_ts), AT, 1024, now()).map_err(|r| r.code()),

@@ -1,9 +1,11 @@
 //! Batched, idempotent writes into MongoDB. Every document has a deterministic `_id`, so a
 //! replayed batch inserts nothing twice: an unordered `insert_many` whose only errors are
-//! duplicate keys (E11000) succeeded. Write-concern and any other errors are failures, and the
-//! caller must not commit the batch's offsets.
+//! duplicate keys (E11000) succeeded. A document MongoDB refuses for good (a non-transient
+//! per-document error) is reported for dead-lettering instead of blocking its partition.
+//! Write-concern, network and transient errors are failures: the caller retries and must not
+//! commit the batch's offsets.
 
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{DateTime, Document, RawDocumentBuf, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -14,11 +16,18 @@ const DUPLICATE_KEY: i32 = 11000;
 /// Dead letters keep at most this much of the original payload.
 const DEAD_LETTER_PAYLOAD_BYTES: usize = 16 * 1024;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Per-document write errors that may pass on retry (elections, shutdowns, timeouts, lock
+/// contention); any other per-document error is MongoDB refusing that document for good.
+const TRANSIENT: &[i32] = &[6, 7, 24, 46, 50, 64, 89, 91, 112, 133, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     pub written: u64,
     /// Already present (a replay after a crash or rebalance): not written again.
     pub duplicates: u64,
+    /// Documents MongoDB refused for good: (index in the batch, code, message). Retrying them
+    /// would block their partitions forever; the caller dead-letters them.
+    pub refused: Vec<(usize, i32, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +99,7 @@ impl Sink {
 
     /// Inserts `documents` into `collection`; duplicates of earlier writes count as done.
     /// Borrows the documents so a failed batch can be retried without copying it.
-    pub async fn write(&self, collection: &str, documents: &[Document]) -> Result<WriteOutcome, SinkError> {
+    pub async fn write(&self, collection: &str, documents: &[RawDocumentBuf]) -> Result<WriteOutcome, SinkError> {
         insert_idempotent(&self.db.collection(collection), documents, self.write_timeout).await
     }
 
@@ -101,9 +110,9 @@ impl Sink {
     }
 }
 
-async fn insert_idempotent(
-    collection: &Collection<Document>,
-    documents: &[Document],
+async fn insert_idempotent<T: serde::Serialize + Send + Sync>(
+    collection: &Collection<T>,
+    documents: &[T],
     timeout: std::time::Duration,
 ) -> Result<WriteOutcome, SinkError> {
     let total = documents.len() as u64;
@@ -115,16 +124,23 @@ async fn insert_idempotent(
         return Err(SinkError::Timeout { collection: collection.name().to_owned(), after: timeout });
     };
     match result {
-        Ok(result) => Ok(WriteOutcome { written: result.inserted_ids.len() as u64, duplicates: 0 }),
+        Ok(result) => Ok(WriteOutcome { written: result.inserted_ids.len() as u64, ..WriteOutcome::default() }),
         Err(error) => {
+            // Unordered: every document without a write error was inserted.
             if let ErrorKind::InsertMany(failure) = error.kind.as_ref()
                 && failure.write_concern_error.is_none()
                 && let Some(write_errors) = &failure.write_errors
                 && !write_errors.is_empty()
-                && write_errors.iter().all(|e| e.code == DUPLICATE_KEY)
+                && !write_errors.iter().any(|e| TRANSIENT.contains(&e.code))
             {
-                let duplicates = write_errors.len() as u64;
-                return Ok(WriteOutcome { written: total - duplicates, duplicates });
+                let duplicates = write_errors.iter().filter(|e| e.code == DUPLICATE_KEY).count() as u64;
+                let refused: Vec<_> = write_errors
+                    .iter()
+                    .filter(|e| e.code != DUPLICATE_KEY)
+                    .map(|e| (e.index, e.code, e.message.clone()))
+                    .collect();
+                let written = total - duplicates - refused.len() as u64;
+                return Ok(WriteOutcome { written, duplicates, refused });
             }
             Err(SinkError::Write { collection: collection.name().to_owned(), source: error })
         }

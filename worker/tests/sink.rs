@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use lagscale_tests::{Mongod, RunDir};
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{DateTime, Document, RawDocumentBuf, doc};
 use projection_worker::decode::{Coordinates, decode};
 use projection_worker::events::{Generator, Kind};
 use projection_worker::sink::{DeadLetter, Sink};
 
-fn events(g: &mut Generator, n: usize, first_offset: i64) -> Vec<Document> {
+fn events(g: &mut Generator, n: usize, first_offset: i64) -> Vec<RawDocumentBuf> {
     (0..n)
         .map(|i| {
             let (_, payload, _) = g.token_usage();
@@ -66,12 +66,29 @@ async fn replayed_batches_write_nothing_twice_and_failures_are_errors() {
     assert_eq!(dl.get_str("reason"), Ok("invalid_json"));
     assert_eq!(dl.get_str("payload"), Ok("{not json"));
 
+    // A document MongoDB refuses for good (here: a validator an admin added) is reported for
+    // dead-lettering; the rest of the batch is written and nothing is retried forever.
+    sink.database()
+        .run_command(doc! { "create": "validated", "validator": { "total_tokens": { "$lt": 1_000_000i64 } } })
+        .await
+        .expect("create with validator");
+    let mut batch = events(&mut g, 3, 900);
+    let mut big = batch[1].to_document().expect("bson");
+    big.insert("total_tokens", 5_000_000i64);
+    batch[1] = RawDocumentBuf::from_document(&big).expect("raw");
+    let outcome = sink.write("validated", &batch).await.expect("partial success is not an error");
+    assert_eq!((outcome.written, outcome.duplicates), (2, 0));
+    assert_eq!(outcome.refused.len(), 1, "{outcome:?}");
+    assert_eq!((outcome.refused[0].0, outcome.refused[0].1), (1, 121), "index 1, DocumentValidationFailure");
+    // A replay: the two are duplicates, the refused one is refused again (never "written").
+    let outcome = sink.write("validated", &batch).await.expect("replay");
+    assert_eq!((outcome.written, outcome.duplicates, outcome.refused.len()), (0, 2, 1));
+
     // mongod down: a write is an error, never silently "done"; after a restart it succeeds.
     mongod.stop();
     let pending = events(&mut g, 50, 700);
-    let failed = tokio::time::timeout(Duration::from_secs(30), sink.write("token_usage", &pending))
-        .await
-        .expect("bounded");
+    let failed =
+        tokio::time::timeout(Duration::from_secs(30), sink.write("token_usage", &pending)).await.expect("bounded");
     assert!(failed.is_err(), "write while mongod is down must fail: {failed:?}");
     mongod.restart().await.expect("restart");
     let outcome = sink.write("token_usage", &pending).await.expect("write after restart");
