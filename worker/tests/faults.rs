@@ -126,3 +126,55 @@ async fn broker_restart_then_graceful_shutdown_commits_everything() {
     }
     assert!(behind.is_empty(), "committed == log end after a graceful shutdown: {behind:?}");
 }
+
+/// A poison document MongoDB refuses for good (here: a validator an admin added to
+/// gpu_metrics) is dead-lettered with MongoDB's reason; the partition moves on and every other
+/// event is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_mongodb_refuses_are_dead_lettered_without_blocking_partitions() {
+    use futures::TryStreamExt;
+    use mongodb::bson::{Document, doc};
+
+    let run = RunDir::new("worker-refused").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    db.run_command(doc! { "create": "gpu_metrics", "validator": { "utilization": { "$lt": 0.5 } } })
+        .await
+        .expect("collection with validator");
+
+    let (ids, _) = produce(&run, &broker, "refused", 2000, 4000, 0.0).await;
+    let expected = produced_ids(&ids);
+    let worker = start_worker(&run, "w1", &broker, &mongod, &[]);
+
+    let dead = db.collection::<Document>("dead_letters");
+    let refused_ids = || async {
+        let mut ids = std::collections::HashSet::new();
+        let mut cursor = dead.find(doc! { "reason": "refused_by_mongodb" }).await.expect("find");
+        while let Some(letter) = cursor.try_next().await.expect("cursor") {
+            assert!(letter.get_str("detail").expect("detail").contains("121"), "MongoDB's code kept: {letter}");
+            let payload: serde_json::Value =
+                serde_json::from_str(letter.get_str("payload").expect("payload")).expect("extended JSON");
+            assert!(payload["utilization"].as_f64().expect("utilization") >= 0.5, "only violators refused");
+            assert!(ids.insert(payload["_id"].as_str().expect("_id").to_owned()), "dead-lettered once");
+        }
+        ids
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = stored_ids(&db).await;
+        let refused = refused_ids().await;
+        if stored.len() + refused.len() >= expected.len() {
+            assert!(stored.is_disjoint(&refused));
+            assert_eq!(&stored | &refused, expected, "every event written or dead-lettered, once");
+            assert!(refused.len() > 100, "the validator refused a share of gpu_metrics: {}", refused.len());
+            let text = get(worker.metrics, "/metrics").await.1;
+            let lettered = metric(&text, "events_processed_total{outcome=\"dead_lettered\",topic=\"gpu_metrics\"}");
+            assert_eq!(lettered as usize, refused.len(), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} + {} of {} accounted for", stored.len(), refused.len(), expected.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
