@@ -67,8 +67,12 @@ fn rss_kib(pid: i32) -> u64 {
 }
 
 async fn total(db: &mongodb::Database) -> u64 {
+    total_in(db, ["gpu_metrics", "token_usage"]).await
+}
+
+async fn total_in(db: &mongodb::Database, collections: [&str; 2]) -> u64 {
     let mut n = 0;
-    for c in ["gpu_metrics", "token_usage"] {
+    for c in collections {
         n += db.collection::<Document>(c).estimated_document_count().await.expect("count");
     }
     n
@@ -220,18 +224,12 @@ async fn main() {
     let sent = producing.await.expect("join").expect("produce").sent;
     let db = client.database("steady");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let count = || async {
-        let mut n = 0;
-        for c in ["steady_gpu", "steady_token"] {
-            n += db.collection::<Document>(c).estimated_document_count().await.expect("count");
-        }
-        n
-    };
-    while count().await < sent {
+    let steady = ["steady_gpu", "steady_token"];
+    while total_in(&db, steady).await < sent {
         assert!(Instant::now() < deadline, "worker keeps up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(count().await, sent, "every live event written once");
+    assert_eq!(total_in(&db, steady).await, sent, "every live event written once");
     let steady_max = samples.iter().copied().max().unwrap_or(0);
     println!(
         "worker RSS at steady state ({steady_rate} events/s live, {sent} events, all written): max {:.1} MiB (target <= 64 MB: {})",
