@@ -50,18 +50,7 @@ impl Broker {
 
     async fn wait_ready(&mut self) -> Result<()> {
         let config = self.client_config();
-        wait_ready(&mut self.process, READY_TIMEOUT, || {
-            let config = config.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-                    consumer.fetch_metadata(None, Duration::from_millis(500)).map(|_| ()).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }
-        })
-        .await
+        wait_ready(&mut self.process, READY_TIMEOUT, || fetch_metadata(config.clone())).await
     }
 
     /// `127.0.0.1:PORT`, exactly as the broker advertises itself.
@@ -157,5 +146,71 @@ impl Broker {
     pub async fn restart(&mut self) -> Result<()> {
         self.process.restart()?;
         self.wait_ready().await
+    }
+}
+
+/// One metadata request: the readiness probe of either broker.
+async fn fetch_metadata(config: ClientConfig) -> std::result::Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+        consumer.fetch_metadata(None, Duration::from_millis(500)).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// librdkafka's mock cluster in its own process (`lagscale-mock-kafka`). Unlike the local
+/// broker it expires group members after `session.timeout.ms`, so a consumer killed with
+/// SIGKILL is evicted and its partitions reassigned, as on Apache Kafka. It keeps everything in
+/// memory: it cannot be restarted with its data.
+#[derive(Debug)]
+pub struct MockBroker {
+    process: ServiceProcess,
+    bootstrap: String,
+}
+
+impl MockBroker {
+    /// Starts the mock cluster with `topics` (name, partitions) and waits until a metadata
+    /// request succeeds. The binary is built with the workspace's tests
+    /// (`cargo build -p lagscale-tests`).
+    pub async fn start(run: &RunDir, topics: &[(&str, i32)]) -> Result<Self> {
+        let binary = crate::pipeline::sibling_bin_dir()?.join("lagscale-mock-kafka");
+        if !binary.exists() {
+            return Err(Error::Other(format!(
+                "{} not built (cargo build -p lagscale-tests builds it)",
+                binary.display()
+            )));
+        }
+        let dir = run.sub("mock-kafka")?;
+        let file = dir.join("bootstrap");
+        let mut args: Vec<std::ffi::OsString> = vec!["--bootstrap-file".into(), file.clone().into_os_string()];
+        for (name, partitions) in topics {
+            args.push("--topic".into());
+            args.push(format!("{name}:{partitions}").into());
+        }
+        let mut process = ServiceProcess::spawn("mock-kafka", &binary, args, &dir)?;
+        let started = std::time::Instant::now();
+        let bootstrap = loop {
+            if let Ok(address) = std::fs::read_to_string(&file) {
+                break address;
+            }
+            process.check_alive()?;
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(Error::Other(format!("mock cluster wrote no address within {READY_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &bootstrap);
+        wait_ready(&mut process, READY_TIMEOUT, || fetch_metadata(config.clone())).await?;
+        Ok(Self { process, bootstrap })
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.bootstrap.clone()
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.process.pid()
     }
 }

@@ -17,7 +17,7 @@ pub mod rundir;
 pub mod tools;
 
 pub use error::{Error, Result};
-pub use kafka::Broker;
+pub use kafka::{Broker, MockBroker};
 pub use kube::{ControlPlane, ControlPlaneOptions};
 pub use mongo::Mongod;
 pub use rundir::RunDir;

@@ -101,7 +101,8 @@ fn spawn_args(database: &str) -> Vec<String> {
 
 fn spawn_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, database: &str) -> ServiceProcess {
     let args = spawn_args(database);
-    common::start_worker(run, name, broker, mongod, &args.iter().map(String::as_str).collect::<Vec<_>>()).process
+    common::start_worker(run, name, &broker.bootstrap(), mongod, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        .process
 }
 
 /// Unix millis of `field` in the assignment log, for entries at or after `since`.
@@ -195,8 +196,13 @@ async fn main() {
     broker.create_topic("steady_token", 6).await.expect("topic");
     let topics = ["--gpu-topic", "steady_gpu", "--token-topic", "steady_token"];
     let args: Vec<String> = spawn_args("steady").into_iter().chain(topics.map(String::from)).collect();
-    let worker =
-        common::start_worker(&run, "steady", &broker, &mongod, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let worker = common::start_worker(
+        &run,
+        "steady",
+        &broker.bootstrap(),
+        &mongod,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let (pid, http) = (worker.process.pid().expect("worker pid"), worker.http);
     let deadline = Instant::now() + Duration::from_secs(60);
     while common::get(http, "/ready").await.0 != 200 {

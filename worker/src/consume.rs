@@ -242,7 +242,8 @@ impl ConsumerContext for WorkerContext {
             } else {
                 let deadline = Instant::now() + p.config.drain_timeout;
                 if let Err(e) = p.flush(consumer, Some(deadline)) {
-                    tracing::warn!(error = %e, "revoke: batch not written in time; its offsets stay uncommitted for replay");
+                    // Written or not, uncommitted offsets are replayed by the next owner (idempotent).
+                    tracing::warn!(error = %e, "revoke: flush incomplete; the uncommitted offsets will be replayed");
                     p.drop_uncommitted();
                 }
             }

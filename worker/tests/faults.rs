@@ -6,14 +6,83 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{get, metric, produce, produced_ids, start_worker, stored_ids, topics, wait_for_count};
-use lagscale_tests::{Broker, Mongod, RunDir};
+use lagscale_tests::{Broker, MockBroker, Mongod, RunDir};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-// kill -9 of a worker is not tested here: the local broker (noida-db 0.2.3) never expires a
-// member that dies without leaving (no session timeout, no rebalance timeout), so the group
-// stays wedged whatever the worker does; Apache Kafka evicts it after session.timeout.ms.
-// Graceful departures (LeaveGroup) are covered in tests/worker.rs.
+/// Waits until every worker reports `partitions` assigned partitions.
+async fn wait_assigned(workers: &[&common::Worker], partitions: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = true;
+        for w in workers {
+            all &= metric(&get(w.metrics, "/metrics").await.1, "assigned_partitions") == partitions;
+        }
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "every worker holds {partitions} partitions within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// The local broker (noida-db 0.2.3) never expires a member that dies without leaving, so a
+// SIGKILLed worker would wedge its group for good. librdkafka's mock cluster does evict it
+// after session.timeout.ms, as Apache Kafka does, so this test runs on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_the_survivor_takes_over() {
+    let run = RunDir::new("worker-kill").expect("run dir");
+    let broker = MockBroker::start(&run, &[("gpu_metrics", 6), ("token_usage", 6)]).await.expect("mock broker");
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let session = ["--session-timeout", "6s"];
+
+    let mut w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &session);
+    wait_assigned(&[&w1], 12.0, Duration::from_secs(30)).await;
+    let w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &session);
+    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(30)).await;
+
+    let producing = {
+        let (run_path, bootstrap) = (run.path().to_owned(), broker.bootstrap());
+        tokio::spawn(async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
+                .args(["--bootstrap-servers", &bootstrap, "--count", "15000", "--rate", "1500", "--json"])
+                .arg("--ids-file")
+                .arg(run_path.join("ids.tsv"))
+                .output()
+                .await
+                .expect("producer");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        })
+    };
+    // Mid-stream, with batches being written and offsets not yet committed (5 s interval).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&get(w1.metrics, "/metrics").await.1, "events_processed_total{outcome=\"written\"") < 2000.0 {
+        assert!(Instant::now() < deadline, "w1 wrote events");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w1.process.kill();
+    let killed = Instant::now();
+
+    // No LeaveGroup was sent: the coordinator notices after the session timeout and the
+    // survivor is given all 12 partitions, starting from the dead worker's last commits.
+    wait_assigned(&[&w2], 12.0, Duration::from_secs(30)).await;
+    let takeover = killed.elapsed();
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    assert_eq!(expected.len(), 15_000);
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(90)).await;
+    assert_eq!(stored_ids(&db).await, expected, "exactly once despite the kill");
+
+    let text = get(w2.metrics, "/metrics").await.1;
+    // What w1 wrote but had not committed is replayed by w2 and lands as duplicates, not twice.
+    assert!(metric(&text, "events_processed_total{outcome=\"duplicate\"") > 0.0, "{text}");
+    // Two reconfigurations for w2: its own join, and the eviction of w1.
+    assert_eq!(metric(&text, "reconfiguration_total"), 2.0, "{text}");
+    assert_eq!(get(w2.http, "/ready").await.0, 200);
+    eprintln!("survivor held every partition {takeover:?} after the kill (session timeout 6 s)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
     let run = RunDir::new("worker-faults").expect("run dir");
@@ -22,8 +91,8 @@ async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
     let mut mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
 
-    let _w1 = start_worker(&run, "w1", &broker, &mongod, &[]);
-    let w2 = start_worker(&run, "w2", &broker, &mongod, &[]);
+    let _w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[]);
+    let w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &[]);
     let producing = {
         let (run_path, bootstrap) = (run.path().to_owned(), broker.bootstrap());
         tokio::spawn(async move {
@@ -64,15 +133,15 @@ async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_then_graceful_shutdown_commits_everything() {
+async fn broker_outage_then_graceful_shutdown_commits_everything() {
     let run = RunDir::new("worker-broker").expect("run dir");
     let mut broker = Broker::start(&run).await.expect("broker");
     topics(&broker).await;
     let mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
-    let mut worker = start_worker(&run, "w1", &broker, &mongod, &[]);
+    let mut worker = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[]);
 
-    let (first, bad_first) = produce(&run, &broker, "first", 3000, 3000, 0.05).await;
+    let (first, bad_first) = produce(&run, &broker.bootstrap(), "first", 3000, 3000, 0.05).await;
     let mut expected = produced_ids(&first);
     wait_for_count(&db, expected.len() as u64, Duration::from_secs(60)).await;
 
@@ -83,11 +152,18 @@ async fn broker_restart_then_graceful_shutdown_commits_everything() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // The broker goes away and comes back on the same address: the worker reconnects itself.
+    // The broker goes away for longer than the session timeout and comes back on the same
+    // address: the worker stays alive and healthy (no restart by the kubelet), reconnects and
+    // rejoins by itself.
     broker.stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(15) {
+        assert_eq!(get(worker.http, "/health").await.0, 200, "liveness holds while the broker is away");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    worker.process.check_alive().expect("the worker survived the outage");
     broker.restart().await.expect("broker back");
-    let (second, bad_second) = produce(&run, &broker, "second", 2000, 2000, 0.05).await;
+    let (second, bad_second) = produce(&run, &broker.bootstrap(), "second", 2000, 2000, 0.05).await;
     expected.extend(produced_ids(&second));
     wait_for_count(&db, expected.len() as u64, Duration::from_secs(60)).await;
     assert_eq!(stored_ids(&db).await, expected);
@@ -144,9 +220,9 @@ async fn documents_mongodb_refuses_are_dead_lettered_without_blocking_partitions
         .await
         .expect("collection with validator");
 
-    let (ids, _) = produce(&run, &broker, "refused", 2000, 4000, 0.0).await;
+    let (ids, _) = produce(&run, &broker.bootstrap(), "refused", 2000, 4000, 0.0).await;
     let expected = produced_ids(&ids);
-    let worker = start_worker(&run, "w1", &broker, &mongod, &[]);
+    let worker = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[]);
 
     let dead = db.collection::<Document>("dead_letters");
     let refused_ids = || async {

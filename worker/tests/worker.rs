@@ -39,11 +39,11 @@ async fn exactly_once_across_scaling_with_recreate_rebalances() {
         .output();
     let producing = tokio::spawn(producer);
 
-    let mut workers = vec![start_worker(&run, "w1", &broker, &mongod, &[])];
+    let mut workers = vec![start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[])];
     tokio::time::sleep(Duration::from_secs(3)).await;
-    workers.push(start_worker(&run, "w2", &broker, &mongod, &[]));
+    workers.push(start_worker(&run, "w2", &broker.bootstrap(), &mongod, &[]));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    workers.push(start_worker(&run, "w3", &broker, &mongod, &[]));
+    workers.push(start_worker(&run, "w3", &broker.bootstrap(), &mongod, &[]));
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Scale down: SIGTERM, as the kubelet does.
     let mut leaving = workers.remove(0);

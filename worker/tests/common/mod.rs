@@ -18,11 +18,11 @@ pub struct Worker {
 }
 
 /// Starts a worker process; `extra` flags come last and win (e.g. another `--database`).
-pub fn start_worker(run: &RunDir, name: &str, broker: &Broker, mongod: &Mongod, extra: &[&str]) -> Worker {
+pub fn start_worker(run: &RunDir, name: &str, bootstrap: &str, mongod: &Mongod, extra: &[&str]) -> Worker {
     let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
     let args: Vec<OsString> = [
         "--bootstrap-servers",
-        &broker.bootstrap(),
+        bootstrap,
         "--mongodb-uri",
         &mongod.uri(),
         "--worker-id",
@@ -108,7 +108,7 @@ pub async fn wait_for_count(db: &mongodb::Database, n: u64, within: Duration) {
 /// Runs the event producer to completion; returns (ids file, malformed count).
 pub async fn produce(
     run: &RunDir,
-    broker: &Broker,
+    bootstrap: &str,
     name: &str,
     count: u64,
     rate: u64,
@@ -116,7 +116,7 @@ pub async fn produce(
 ) -> (std::path::PathBuf, u64) {
     let ids = run.path().join(format!("{name}.tsv"));
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
-        .args(["--bootstrap-servers", &broker.bootstrap(), "--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--bootstrap-servers", bootstrap, "--count", &count.to_string(), "--rate", &rate.to_string()])
         .args(["--malformed-share", &malformed.to_string(), "--seed", &name.len().to_string(), "--json"])
         .arg("--ids-file")
         .arg(&ids)
