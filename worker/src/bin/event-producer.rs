@@ -37,8 +37,8 @@ struct Args {
     hosts: u32,
     #[arg(long, default_value_t = 8)]
     gpus_per_host: u32,
-    /// Seed of the event stream (reproducible fleets).
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the event stream (reproducible fleets; give parallel producers different ones).
+    #[arg(long, env = "PRODUCER_SEED", default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 50_000)]
     max_in_flight: usize,
@@ -51,6 +51,10 @@ struct Args {
     /// Write `topic<TAB>event_id` of every delivered valid event here.
     #[arg(long)]
     ids_file: Option<PathBuf>,
+    /// A librdkafka client property KEY=VALUE, e.g. for SASL/TLS (repeatable; the environment
+    /// variable takes a comma-separated list).
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',')]
+    kafka_properties: Vec<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -60,6 +64,13 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     projection_worker::init_logging(false);
+    let kafka_properties = match projection_worker::config::kafka_properties(&args.kafka_properties) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("event-producer: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let config = ProducerConfig {
         bootstrap_servers: args.bootstrap_servers,
         gpu_topic: args.gpu_topic,
@@ -76,6 +87,7 @@ async fn main() -> std::process::ExitCode {
         oversize_bytes: args.oversize_bytes,
         delivery_timeout: args.delivery_timeout,
         ids_file: args.ids_file,
+        kafka_properties,
     };
     // SIGINT or SIGTERM: stop producing, wait for what is in flight, print the summary.
     let stop = async {
