@@ -8,6 +8,7 @@
 pub mod error;
 pub mod kafka;
 pub mod kube;
+pub mod manifests;
 pub mod mongo;
 pub mod net;
 pub mod pipeline;

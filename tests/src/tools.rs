@@ -46,3 +46,11 @@ pub fn kube_controller_manager() -> Result<PathBuf> {
         tools_dir().join("kube-1.20.2/kube-controller-manager"),
     )
 }
+
+pub fn kubernetes_validate() -> Result<PathBuf> {
+    locate(
+        "kubernetes-validate",
+        "LAGSCALE_KUBERNETES_VALIDATE",
+        tools_dir().join("kubernetes-validate-1.37.0/bin/kubernetes-validate"),
+    )
+}

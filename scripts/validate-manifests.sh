@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Validates deploy/ and hpa/: strict schema validation for Kubernetes 1.32 (kubernetes-validate),
+# a server-side dry-run against a real local kube-apiserver, and the cross-checks between them
+# (HPA max <= partitions, HPA target = the adapter's, grace periods, caBundle).
+# Installs what it needs (scripts/install-services.sh); uses a throwaway copy of deploy/ with
+# freshly generated secrets.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/install-services.sh kube validate
+. "${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}/env"
+export LAGSCALE_RUN_DIR=${LAGSCALE_RUN_DIR:-$PWD/target/lagscale-run}
+cargo test --locked -p lagscale-tests --test manifests "$@"

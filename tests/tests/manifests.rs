@@ -1,0 +1,195 @@
+//! deploy/ and hpa/: schema-valid for a current Kubernetes, accepted by a real kube-apiserver
+//! (server-side dry-run), and consistent with each other where a mismatch would only show in
+//! production (HPA vs partitions, HPA target vs the adapter's, grace periods, caBundle).
+
+use std::path::PathBuf;
+
+use lagscale_tests::manifests::{
+    deploy_copy, documents, find, for_kube_1_20, kind, kubernetes_validate, kustomize, name, repo_root, to_yaml,
+};
+use lagscale_tests::{ControlPlane, ControlPlaneOptions, RunDir};
+use serde_yaml_ng::Value;
+
+fn env_value<'a>(container: &'a Value, var: &str) -> Option<&'a str> {
+    container["env"].as_sequence()?.iter().find(|e| e["name"].as_str() == Some(var))?["value"].as_str()
+}
+
+fn hpa_profiles() -> Vec<PathBuf> {
+    let root = repo_root().join("hpa");
+    let mut files = vec![root.join("hpa.yaml")];
+    let mut profiles: Vec<PathBuf> = std::fs::read_dir(root.join("profiles"))
+        .expect("hpa/profiles")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    profiles.sort();
+    files.extend(profiles);
+    files
+}
+
+fn optional() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("deploy/optional"))
+        .expect("deploy/optional")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn manifests_agree_with_each_other() {
+    let run = RunDir::new("manifests-consistency").expect("run dir");
+    let deploy = deploy_copy(run.path()).expect("deploy copy with secrets");
+    let docs = documents(&kustomize(&deploy).expect("kustomize deploy/")).expect("yaml");
+
+    // The HPA never asks for more workers than a topic has partitions.
+    let topics_job = find(&docs, "Job", "kafka-topics").expect("topic job");
+    let partitions: i64 = env_value(&topics_job["spec"]["template"]["spec"]["containers"][0], "PARTITIONS")
+        .expect("PARTITIONS")
+        .parse()
+        .expect("number");
+    // The HPA's AverageValue equals the adapter target's lagPerReplica, on the target's name.
+    let targets_cm = find(&docs, "ConfigMap", "lag-adapter-targets").expect("targets");
+    let targets: Value =
+        serde_yaml_ng::from_str(targets_cm["data"]["targets.yaml"].as_str().expect("targets.yaml")).expect("yaml");
+    let target = &targets["targets"][0];
+    for file in hpa_profiles() {
+        let hpa = &documents(&std::fs::read_to_string(&file).expect("read")).expect("yaml")[0];
+        let spec = &hpa["spec"];
+        let max = spec["maxReplicas"].as_i64().expect("maxReplicas");
+        assert!(max <= partitions, "{}: maxReplicas {max} > {partitions} partitions", file.display());
+        assert!(spec["minReplicas"].as_i64().expect("minReplicas") >= 1);
+        let external = &spec["metrics"][0]["external"];
+        assert_eq!(external["metric"]["name"], target["name"], "{}: metric name", file.display());
+        let average: u64 = external["target"]["averageValue"].as_str().expect("averageValue").parse().expect("number");
+        assert_eq!(Some(average), target["lagPerReplica"].as_u64(), "{}: target per replica", file.display());
+        let namespace = hpa["metadata"]["namespace"].as_str().expect("namespace");
+        assert!(target["namespaces"].as_sequence().expect("namespaces").iter().any(|n| n.as_str() == Some(namespace)));
+        assert_eq!(spec["scaleTargetRef"]["name"], "projection-worker");
+    }
+
+    // The worker's own termination grace equals the pod's, and its probes use its endpoints.
+    let worker_cm = find(&docs, "ConfigMap", "worker-config").expect("worker config");
+    let worker = &find(&docs, "Deployment", "projection-worker").expect("worker")["spec"]["template"]["spec"];
+    let grace = worker["terminationGracePeriodSeconds"].as_i64().expect("grace");
+    assert_eq!(worker_cm["data"]["TERMINATION_GRACE"].as_str(), Some(format!("{grace}s").as_str()));
+    let container = &worker["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(worker["securityContext"]["runAsNonRoot"], true);
+
+    // Every Secret and ConfigMap a pod reads exists (kustomize renamed the hashed ones).
+    let mut referenced = Vec::new();
+    for doc in &docs {
+        let pod = match kind(doc) {
+            "Deployment" | "StatefulSet" | "Job" => &doc["spec"]["template"]["spec"],
+            _ => continue,
+        };
+        for c in pod["containers"].as_sequence().expect("containers") {
+            for e in c["env"].as_sequence().into_iter().flatten() {
+                if let Some(s) = e["valueFrom"]["secretKeyRef"].as_mapping()
+                    && s.get("optional").and_then(Value::as_bool) != Some(true)
+                {
+                    referenced.push(("Secret", s["name"].as_str().expect("name").to_owned()));
+                }
+            }
+            for e in c["envFrom"].as_sequence().into_iter().flatten() {
+                referenced.push(("ConfigMap", e["configMapRef"]["name"].as_str().expect("name").to_owned()));
+            }
+        }
+        for v in pod["volumes"].as_sequence().into_iter().flatten() {
+            if let Some(n) = v["secret"]["secretName"].as_str() {
+                referenced.push(("Secret", n.to_owned()));
+            }
+            if let Some(n) = v["configMap"]["name"].as_str() {
+                referenced.push(("ConfigMap", n.to_owned()));
+            }
+        }
+    }
+    assert!(referenced.len() >= 5, "{referenced:?}");
+    for (k, n) in &referenced {
+        find(&docs, k, n).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    // The APIService trusts exactly the CA that signed the serving certificate, and points at
+    // the adapter's Service port.
+    let api = find(&docs, "APIService", "v1beta1.external.metrics.k8s.io").expect("apiservice");
+    let bundle: String = api["spec"]["caBundle"].as_str().expect("caBundle").split_whitespace().collect();
+    let ca = std::fs::read(deploy.join("secrets/adapter-ca.crt")).expect("ca");
+    assert_eq!(bundle, lagscale_tests::pki::base64(&ca));
+    let service = find(&docs, "Service", "lag-adapter").expect("service");
+    assert_eq!(api["spec"]["service"]["name"], "lag-adapter");
+    assert_eq!(api["spec"]["service"]["namespace"], service["metadata"]["namespace"]);
+    assert!(
+        service["spec"]["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .any(|p| p["port"] == api["spec"]["service"]["port"])
+    );
+}
+
+#[test]
+fn manifests_pass_strict_schema_validation_for_kubernetes_1_32() {
+    let run = RunDir::new("manifests-schema").expect("run dir");
+    let deploy = deploy_copy(run.path()).expect("deploy copy with secrets");
+    let rendered = run.path().join("deploy.yaml");
+    let text = kustomize(&deploy).expect("kustomize deploy/");
+    std::fs::write(&rendered, &text).expect("write");
+    let mut files = vec![rendered];
+    files.extend(hpa_profiles());
+    files.extend(optional());
+    let expected = documents(&text).expect("yaml").len() + hpa_profiles().len() + optional().len();
+    let report = kubernetes_validate("1.32.0", &files).expect("every manifest is valid");
+    assert_eq!(report.matches(" passed for resource ").count(), expected, "{report}");
+
+    // The validator does reject what is wrong: a misspelt field in the worker's pod spec.
+    let broken = run.path().join("broken.yaml");
+    let worker = std::fs::read_to_string(repo_root().join("deploy/worker/deployment.yaml")).expect("read");
+    let misspelt = worker.replace("terminationGracePeriodSeconds:", "terminationGracePeriod:");
+    assert_ne!(misspelt, worker);
+    std::fs::write(&broken, misspelt).expect("write");
+    kubernetes_validate("1.32.0", &[broken]).expect_err("an unknown field fails strict validation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_pass_a_server_side_dry_run_on_the_real_apiserver() {
+    let run = RunDir::new("manifests-dry-run").expect("run dir");
+    let deploy = deploy_copy(run.path()).expect("deploy copy with secrets");
+    let mut docs = documents(&kustomize(&deploy).expect("kustomize deploy/")).expect("yaml");
+    for file in hpa_profiles().into_iter().chain(optional()) {
+        docs.extend(documents(&std::fs::read_to_string(&file).expect("read")).expect("yaml"));
+    }
+    docs.iter_mut().for_each(for_kube_1_20);
+    let cluster = ControlPlane::start(&run, ControlPlaneOptions::default()).await.expect("control plane");
+
+    // Namespaced objects can only be dry-run into a namespace that exists.
+    let namespace = docs.iter().find(|d| kind(d) == "Namespace").expect("namespace").clone();
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&[namespace]).expect("yaml"))).expect("namespace");
+    // The profiles share the HPA's name: each is dry-run on its own.
+    let (hpas, rest): (Vec<Value>, Vec<Value>) = docs.into_iter().partition(|d| kind(d) == "HorizontalPodAutoscaler");
+    let out = cluster
+        .kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&to_yaml(&rest).expect("yaml")))
+        .expect("server-side dry-run of deploy/");
+    for doc in &rest {
+        let line = format!("/{} ", name(doc));
+        assert!(out.lines().any(|l| l.contains(&line) && l.contains("(server dry run)")), "{line}: {out}");
+    }
+    for hpa in &hpas {
+        let out = cluster
+            .kubectl_with_stdin(
+                &["apply", "--dry-run=server", "-f", "-"],
+                Some(&to_yaml(&[hpa.clone()]).expect("yaml")),
+            )
+            .expect("server-side dry-run of an HPA profile");
+        assert!(out.contains("horizontalpodautoscaler.autoscaling/projection-worker"), "{out}");
+    }
+
+    // And the server does refuse what is invalid: a Deployment whose selector misses its pods.
+    let mut broken = find(&rest, "Deployment", "projection-worker").expect("worker").clone();
+    broken["spec"]["selector"]["matchLabels"] = serde_yaml_ng::from_str("{app: nobody}").expect("yaml");
+    cluster
+        .kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&to_yaml(&[broken]).expect("yaml")))
+        .expect_err("a selector that does not match the template is refused");
+}
