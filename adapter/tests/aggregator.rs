@@ -5,8 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Adapter, base64, commit, produce};
+use common::{Adapter, commit, produce};
 use lagscale_tests::pki::Leaf;
+use lagscale_tests::pki::base64;
 use lagscale_tests::{Broker, ControlPlane, ControlPlaneOptions, RunDir};
 
 const LAG_RAW: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag";

@@ -166,5 +166,3 @@ pub fn total(list: &serde_json::Value) -> i64 {
         items.iter().map(|i| i["value"].as_str().and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1)).sum()
     })
 }
-
-pub use lagscale_tests::pki::base64;
