@@ -180,7 +180,7 @@ async fn manifests_pass_a_server_side_dry_run_on_the_real_apiserver() {
         let out = cluster
             .kubectl_with_stdin(
                 &["apply", "--dry-run=server", "-f", "-"],
-                Some(&to_yaml(&[hpa.clone()]).expect("yaml")),
+                Some(&to_yaml(std::slice::from_ref(hpa)).expect("yaml")),
             )
             .expect("server-side dry-run of an HPA profile");
         assert!(out.contains("horizontalpodautoscaler.autoscaling/projection-worker"), "{out}");
