@@ -29,6 +29,10 @@ pub struct PipelineOptions {
     pub workers: usize,
     /// Where the workspace's binaries are (`target/release` or `target/debug`).
     pub bin_dir: PathBuf,
+    /// The adapter's scaling-target file; `None`: one target from `lag_per_replica`.
+    pub targets: Option<String>,
+    /// Extra adapter flags (e.g. its serving certificate).
+    pub adapter_args: Vec<OsString>,
 }
 
 /// Where the workspace binaries live: next to the running executable.
@@ -72,11 +76,12 @@ impl Pipeline {
         let mongod = Mongod::start(run).await?;
 
         let targets_file = run.path().join("targets.yaml");
-        std::fs::write(&targets_file, targets_yaml(options.lag_per_replica)).ctx(|| "write targets.yaml".into())?;
+        let targets = options.targets.clone().unwrap_or_else(|| targets_yaml(options.lag_per_replica));
+        std::fs::write(&targets_file, targets).ctx(|| "write targets.yaml".into())?;
         let adapter_api = free_port()?;
         let adapter_metrics = free_port()?;
         let adapter_bin = binary(&options.bin_dir, "lag-adapter")?;
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--bootstrap-servers".into(),
             broker.bootstrap().into(),
             "--listen".into(),
@@ -86,6 +91,7 @@ impl Pipeline {
             "--targets-file".into(),
             targets_file.clone().into_os_string(),
         ];
+        args.extend(options.adapter_args.iter().cloned());
         let mut adapter = ServiceProcess::spawn("lag-adapter", &adapter_bin, args, &run.sub("adapter")?)?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()

@@ -19,6 +19,7 @@ pub struct ServiceProcess {
     name: String,
     program: PathBuf,
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     log: PathBuf,
     pidfile: PathBuf,
     child: Option<Child>,
@@ -27,10 +28,22 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `program args` with stdout and stderr appended to `DIR/NAME.log`.
     pub fn spawn(name: &str, program: &Path, args: Vec<OsString>, dir: &Path) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, Vec::new(), dir)
+    }
+
+    /// [`ServiceProcess::spawn`] with extra environment variables (kept for restarts).
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: Vec<OsString>,
+        env: Vec<(OsString, OsString)>,
+        dir: &Path,
+    ) -> Result<Self> {
         let mut process = Self {
             name: name.to_owned(),
             program: program.to_owned(),
             args,
+            env,
             log: dir.join(format!("{name}.log")),
             pidfile: dir.join(format!("{name}.pid")),
             child: None,
@@ -48,6 +61,7 @@ impl ServiceProcess {
         let err = log.try_clone().ctx(|| format!("clone {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

@@ -65,6 +65,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             producer_rate: args.producer_rate,
             workers: args.workers,
             bin_dir,
+            targets: None,
+            adapter_args: Vec::new(),
         },
     )
     .await?;

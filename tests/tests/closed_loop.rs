@@ -1,0 +1,328 @@
+//! The closed loop on a real control plane: the HPA controller (kube-controller-manager) reads
+//! the adapter's lag through the kube-aggregator and scales the worker Deployment; a kubelet
+//! stand-in keeps that many real projection-worker processes running; the workers drain the
+//! lag through recreate rebalances; the HPA scales back down after its stabilization window.
+//!
+//! Manifests come from deploy/ and hpa/ (the conservative profile), converted for 1.20 and with
+//! every window and period divided by TIME_SCALE. Needs the workspace's binaries
+//! (`cargo test --workspace` builds them).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use lagscale_tests::manifests::{deploy_copy, documents, find, for_kube_1_20, kustomize, repo_root, to_yaml};
+use lagscale_tests::net::{free_port, http_get};
+use lagscale_tests::pipeline::{Pipeline, PipelineOptions, binary, sibling_bin_dir};
+use lagscale_tests::pki::{Ca, Leaf, base64};
+use lagscale_tests::process::ServiceProcess;
+use lagscale_tests::{ControlPlane, ControlPlaneOptions, RunDir};
+use serde_yaml_ng::Value;
+
+/// Partitions per topic, and so the most workers the test lets the HPA run.
+const PARTITIONS: i32 = 4;
+/// The conservative profile's windows and periods are divided by this (300 s -> 30 s).
+const TIME_SCALE: i64 = 10;
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+fn scrape(port: u16) -> String {
+    http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default()
+}
+
+/// hpa/hpa.yaml as the test applies it: 1.20's apiVersion, windows and periods shortened,
+/// maxReplicas = the test's partitions.
+fn test_hpa() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("hpa/hpa.yaml")).expect("hpa/hpa.yaml");
+    let mut hpa = documents(&text).expect("yaml").remove(0);
+    for_kube_1_20(&mut hpa);
+    hpa["spec"]["maxReplicas"] = Value::from(PARTITIONS);
+    for direction in ["scaleUp", "scaleDown"] {
+        let rules = &mut hpa["spec"]["behavior"][direction];
+        let window = rules["stabilizationWindowSeconds"].as_i64().expect("window");
+        rules["stabilizationWindowSeconds"] = Value::from(window / TIME_SCALE);
+        for policy in rules["policies"].as_sequence_mut().expect("policies") {
+            let period = policy["periodSeconds"].as_i64().expect("period");
+            policy["periodSeconds"] = Value::from((period / TIME_SCALE).max(1));
+        }
+    }
+    hpa
+}
+
+struct Worker {
+    name: String,
+    process: ServiceProcess,
+    http: u16,
+    metrics: u16,
+    /// Index in the change log of this worker's own join.
+    joined: usize,
+}
+
+/// Stands in for the kubelet: keeps as many worker processes as the Deployment asks for,
+/// configured from the worker ConfigMap of deploy/.
+struct Kubelet {
+    bin: std::path::PathBuf,
+    env: Vec<(OsString, OsString)>,
+    run_dir: std::path::PathBuf,
+    workers: Vec<Worker>,
+    /// Membership changes of the group in order: "+name" joined, "-name" left.
+    changes: Vec<String>,
+    /// (worker, reconfigurations seen, expected) for every worker, at its stop or at the end.
+    checked: Vec<(String, f64, usize)>,
+    started: usize,
+}
+
+impl Kubelet {
+    async fn start_one(&mut self) {
+        self.started += 1;
+        let name = format!("projection-worker-{}", self.started);
+        let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
+        let mut env = self.env.clone();
+        env.extend([
+            ("WORKER_ID".into(), name.clone().into()),
+            ("HTTP_LISTEN".into(), format!("127.0.0.1:{http}").into()),
+            ("METRICS_LISTEN".into(), format!("127.0.0.1:{metrics}").into()),
+        ]);
+        let dir = self.run_dir.join(&name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let process = ServiceProcess::spawn_with_env(&name, &self.bin, Vec::new(), env, &dir).expect("worker");
+        self.changes.push(format!("+{name}"));
+        let joined = self.changes.len() - 1;
+        // Like a pod turning ready: wait until it holds partitions, so joins never overlap.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while metric(&scrape(metrics), "assigned_partitions") < 1.0 {
+            assert!(Instant::now() < deadline, "{name} got partitions");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.workers.push(Worker { name, process, http, metrics, joined });
+    }
+
+    /// Expected reconfigurations of `w`: its own join plus every change by others since.
+    fn check(&mut self, w: &Worker) {
+        let seen = metric(&scrape(w.metrics), "reconfiguration_total");
+        let others = self.changes[w.joined + 1..].len();
+        self.checked.push((w.name.clone(), seen, 1 + others));
+    }
+
+    /// SIGTERM to the newest worker, as the ReplicaSet controller picks the youngest pod.
+    async fn stop_one(&mut self) {
+        let mut w = self.workers.pop().expect("a worker to stop");
+        self.check(&w);
+        assert_eq!(http_get(w.http, "/ready").map(|r| r.0).unwrap_or(0), 200, "{} ready before its stop", w.name);
+        let stopping = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            w.process.stop(Duration::from_secs(60));
+            (w, started.elapsed())
+        });
+        let (w, took) = stopping.await.expect("join");
+        assert!(took < Duration::from_secs(10), "{} stopped in {took:?}", w.name);
+        self.changes.push(format!("-{}", w.name));
+    }
+}
+
+async fn replicas(api: &kube::Api<Deployment>) -> i32 {
+    let d = api.get("projection-worker").await.expect("get deployment");
+    d.spec.and_then(|s| s.replicas).expect("replicas")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
+    let run = RunDir::new("closed-loop").expect("run dir");
+    let deploy = deploy_copy(run.path()).expect("deploy copy");
+    let docs = documents(&kustomize(&deploy).expect("kustomize")).expect("yaml");
+    let bin_dir = sibling_bin_dir().expect("bin dir");
+
+    // The adapter with the shipped scaling targets and a serving certificate for the name the
+    // aggregator checks (lag-adapter.pipeline.svc).
+    let targets = find(&docs, "ConfigMap", "lag-adapter-targets").expect("targets")["data"]["targets.yaml"]
+        .as_str()
+        .expect("targets.yaml")
+        .to_owned();
+    let ca = Ca::new("closed-loop-adapter-ca").expect("ca");
+    let (cert, key) = ca
+        .issue(&Leaf::server("lag-adapter", &["lag-adapter.pipeline.svc", "localhost", "127.0.0.1"]))
+        .expect("cert")
+        .write(&run.sub("adapter-tls").expect("dir"), "serving")
+        .expect("write");
+    let pipeline = Pipeline::start(
+        &run,
+        &PipelineOptions {
+            partitions: PARTITIONS,
+            lag_per_replica: 0,
+            producer_rate: 0,
+            workers: 0,
+            bin_dir: bin_dir.clone(),
+            targets: Some(targets),
+            adapter_args: ["--poll-interval", "2s", "--tls-cert-file"]
+                .iter()
+                .map(OsString::from)
+                .chain([cert.into_os_string(), "--tls-key-file".into(), key.into_os_string()])
+                .collect(),
+        },
+    )
+    .await
+    .expect("pipeline");
+    let adapter_port = pipeline.adapter_api;
+
+    let cluster = ControlPlane::start(
+        &run,
+        ControlPlaneOptions { controller_manager: true, hpa_sync_period: Duration::from_secs(2) },
+    )
+    .await
+    .expect("control plane");
+
+    // From deploy/: the namespace, the worker's ConfigMap, ServiceAccount and Deployment, the
+    // HPA controller's RBAC, and the APIService, pointed at the local adapter through an
+    // ExternalName Service (the aggregator dials localhost:PORT).
+    let mut apply = vec![find(&docs, "Namespace", "pipeline").expect("ns").clone()];
+    for (kind, name) in [
+        ("ConfigMap", "worker-config"),
+        ("ServiceAccount", "projection-worker"),
+        ("Deployment", "projection-worker"),
+        ("ClusterRole", "lagscale:external-metrics-reader"),
+        ("ClusterRoleBinding", "lagscale:hpa-external-metrics-reader"),
+    ] {
+        apply.push(find(&docs, kind, name).expect("manifest").clone());
+    }
+    apply.push(
+        serde_yaml_ng::from_str(
+            "{apiVersion: v1, kind: Service, metadata: {name: lag-adapter, namespace: pipeline}, spec: {type: ExternalName, externalName: localhost}}",
+        )
+        .expect("yaml"),
+    );
+    let mut api_service = find(&docs, "APIService", "v1beta1.external.metrics.k8s.io").expect("apiservice").clone();
+    api_service["spec"]["caBundle"] = Value::from(base64(ca.cert_pem().as_bytes()));
+    api_service["spec"]["service"]["port"] = Value::from(adapter_port);
+    apply.push(api_service);
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&apply).expect("yaml"))).expect("apply deploy/");
+
+    // The kubelet stand-in runs workers with the shipped ConfigMap, pointed at local services.
+    let config = find(&docs, "ConfigMap", "worker-config").expect("worker config");
+    let mut env: Vec<(OsString, OsString)> = config["data"]
+        .as_mapping()
+        .expect("data")
+        .iter()
+        .map(|(k, v)| (k.as_str().expect("key").into(), v.as_str().expect("value").into()))
+        .collect();
+    env.retain(|(k, _)| k != "KAFKA_BOOTSTRAP_SERVERS" && k != "LOG_FORMAT");
+    env.extend([
+        ("KAFKA_BOOTSTRAP_SERVERS".into(), pipeline.broker.bootstrap().into()),
+        ("MONGODB_URI".into(), pipeline.mongod.uri().into()),
+        ("LOG_FORMAT".into(), "text".into()),
+    ]);
+    let mut kubelet = Kubelet {
+        bin: binary(&bin_dir, "projection-worker").expect("worker binary"),
+        env,
+        run_dir: run.path().to_owned(),
+        workers: Vec::new(),
+        changes: Vec::new(),
+        checked: Vec::new(),
+        started: 0,
+    };
+    let client = cluster.client().await.expect("client");
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client, "pipeline");
+    while kubelet.workers.len() < replicas(&deployments).await as usize {
+        kubelet.start_one().await;
+    }
+
+    // The HPA, then a stream the two workers cannot keep below 1000 lag per replica.
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&[test_hpa()]).expect("yaml"))).expect("hpa");
+    let ids = run.path().join("ids.tsv");
+    let producer = tokio::process::Command::new(binary(&bin_dir, "event-producer").expect("producer"))
+        .args(["--bootstrap-servers", &pipeline.broker.bootstrap(), "--rate", "3000", "--duration", "45s", "--json"])
+        .arg("--ids-file")
+        .arg(&ids)
+        .output();
+    let producing = tokio::spawn(producer);
+
+    // Follow the Deployment until the HPA has come back down to its minimum.
+    let started = Instant::now();
+    let mut history: Vec<(Duration, i32)> = vec![(Duration::ZERO, kubelet.workers.len() as i32)];
+    let deadline = Duration::from_secs(360);
+    loop {
+        let want = replicas(&deployments).await;
+        if history.last().is_some_and(|(_, r)| *r != want) {
+            history.push((started.elapsed(), want));
+            eprintln!("{:>6.1?}  deployment replicas -> {want}", started.elapsed());
+        }
+        while (kubelet.workers.len() as i32) < want {
+            kubelet.start_one().await;
+        }
+        while (kubelet.workers.len() as i32) > want {
+            kubelet.stop_one().await;
+        }
+        let scaled_up = history.iter().any(|(_, r)| *r > 2);
+        if scaled_up && producing.is_finished() && want == 2 && kubelet.workers.len() == 2 {
+            break;
+        }
+        assert!(started.elapsed() < deadline, "the HPA scaled up and back down within {deadline:?}: {history:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = producing.await.expect("join").expect("producer ran");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Every event exactly once.
+    let db = pipeline.mongod.client().await.expect("client").database("pipeline");
+    let expected: HashSet<String> = std::fs::read_to_string(&ids)
+        .expect("ids")
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1))
+        .map(str::to_owned)
+        .collect();
+    assert!(expected.len() > 100_000, "{} events", expected.len());
+    let stored = stored_ids(&db, expected.len() as u64).await;
+    assert_eq!(stored, expected, "every event in MongoDB exactly once");
+
+    // Scaling: up, then down, never past the partitions, no direction change in between.
+    let peak = history.iter().map(|(_, r)| *r).max().expect("history");
+    assert!(peak > 2 && peak <= PARTITIONS, "{history:?}");
+    let turns = history.windows(3).filter(|w| (w[1].1 - w[0].1).signum() != (w[2].1 - w[1].1).signum()).count();
+    assert_eq!(turns, 1, "one rise and one fall, no thrash: {history:?}");
+
+    // One reconfiguration per membership change, for every worker that took part.
+    let remaining: Vec<Worker> = std::mem::take(&mut kubelet.workers);
+    for w in &remaining {
+        kubelet.check(w);
+    }
+    eprintln!("membership changes: {:?}", kubelet.changes);
+    for (name, seen, expected) in &kubelet.checked {
+        assert_eq!(*seen, *expected as f64, "{name}: reconfigurations vs membership changes it saw");
+    }
+    let status = cluster
+        .kubectl(&[
+            "get",
+            "--raw",
+            "/apis/autoscaling/v2beta2/namespaces/pipeline/horizontalpodautoscalers/projection-worker",
+        ])
+        .expect("hpa status");
+    assert!(status.contains("\"currentMetrics\"") && status.contains("projection-worker-lag"), "{status}");
+    eprintln!("timeline: {history:?}; {} events", expected.len());
+}
+
+async fn stored_ids(db: &mongodb::Database, n: u64) -> HashSet<String> {
+    use futures::TryStreamExt;
+    use mongodb::bson::{Document, doc};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut total = 0;
+        for c in ["gpu_metrics", "token_usage"] {
+            total += db.collection::<Document>(c).count_documents(doc! {}).await.expect("count");
+        }
+        if total >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} of {n} events projected");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut stored = HashSet::new();
+    for c in ["gpu_metrics", "token_usage"] {
+        let mut cursor = db.collection::<Document>(c).find(doc! {}).projection(doc! { "_id": 1 }).await.expect("find");
+        while let Some(d) = cursor.try_next().await.expect("cursor") {
+            assert!(stored.insert(d.get_str("_id").expect("_id").to_owned()), "stored once");
+        }
+    }
+    stored
+}
