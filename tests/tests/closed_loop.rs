@@ -24,6 +24,10 @@ use serde_yaml_ng::Value;
 const PARTITIONS: i32 = 4;
 /// The conservative profile's windows and periods are divided by this (300 s -> 30 s).
 const TIME_SCALE: i64 = 10;
+/// The lag target (HPA AverageValue = the adapter's lagPerReplica) for the test's 3,000
+/// events/s into debug-build workers; the shipped 10,000 suits production rates.
+const LAG_PER_REPLICA: u64 = 1000;
+const METRIC_PATH: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/pipeline/projection-worker-lag";
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
@@ -34,12 +38,13 @@ fn scrape(port: u16) -> String {
 }
 
 /// hpa/hpa.yaml as the test applies it: 1.20's apiVersion, windows and periods shortened,
-/// maxReplicas = the test's partitions.
+/// maxReplicas = the test's partitions, the lag target scaled to the test's event rate.
 fn test_hpa() -> Value {
     let text = std::fs::read_to_string(repo_root().join("hpa/hpa.yaml")).expect("hpa/hpa.yaml");
     let mut hpa = documents(&text).expect("yaml").remove(0);
     for_kube_1_20(&mut hpa);
     hpa["spec"]["maxReplicas"] = Value::from(PARTITIONS);
+    hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"] = Value::from(LAG_PER_REPLICA.to_string());
     for direction in ["scaleUp", "scaleDown"] {
         let rules = &mut hpa["spec"]["behavior"][direction];
         let window = rules["stabilizationWindowSeconds"].as_i64().expect("window");
@@ -100,17 +105,24 @@ impl Kubelet {
         self.workers.push(Worker { name, process, http, metrics, joined });
     }
 
-    /// Expected reconfigurations of `w`: its own join plus every change by others since.
-    fn check(&mut self, w: &Worker) {
-        let seen = metric(&scrape(w.metrics), "reconfiguration_total");
-        let others = self.changes[w.joined + 1..].len();
-        self.checked.push((w.name.clone(), seen, 1 + others));
+    /// Records `w`'s reconfigurations against the expected count: its own join plus every
+    /// change by others since. The last change's rebalance may still be under way (members
+    /// rejoin at their next heartbeat), so this waits for it, up to the session timeout.
+    async fn check(&mut self, w: &Worker) {
+        let expected = 1 + self.changes[w.joined + 1..].len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = metric(&scrape(w.metrics), "reconfiguration_total");
+        while seen < expected as f64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            seen = metric(&scrape(w.metrics), "reconfiguration_total");
+        }
+        self.checked.push((w.name.clone(), seen, expected));
     }
 
     /// SIGTERM to the newest worker, as the ReplicaSet controller picks the youngest pod.
     async fn stop_one(&mut self) {
         let mut w = self.workers.pop().expect("a worker to stop");
-        self.check(&w);
+        self.check(&w).await;
         assert_eq!(http_get(w.http, "/ready").map(|r| r.0).unwrap_or(0), 200, "{} ready before its stop", w.name);
         let stopping = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -137,10 +149,14 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
 
     // The adapter with the shipped scaling targets and a serving certificate for the name the
     // aggregator checks (lag-adapter.pipeline.svc).
-    let targets = find(&docs, "ConfigMap", "lag-adapter-targets").expect("targets")["data"]["targets.yaml"]
-        .as_str()
-        .expect("targets.yaml")
-        .to_owned();
+    let mut targets: Value = serde_yaml_ng::from_str(
+        find(&docs, "ConfigMap", "lag-adapter-targets").expect("targets")["data"]["targets.yaml"]
+            .as_str()
+            .expect("targets.yaml"),
+    )
+    .expect("targets yaml");
+    targets["targets"][0]["lagPerReplica"] = Value::from(LAG_PER_REPLICA);
+    let targets = serde_yaml_ng::to_string(&targets).expect("targets yaml");
     let ca = Ca::new("closed-loop-adapter-ca").expect("ca");
     let (cert, key) = ca
         .issue(&Leaf::server("lag-adapter", &["lag-adapter.pipeline.svc", "localhost", "127.0.0.1"]))
@@ -242,7 +258,18 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     let started = Instant::now();
     let mut history: Vec<(Duration, i32)> = vec![(Duration::ZERO, kubelet.workers.len() as i32)];
     let deadline = Duration::from_secs(360);
+    let mut sampled = Instant::now() - Duration::from_secs(60);
     loop {
+        // What the HPA reads, through the aggregator, every 5 s (for the timeline).
+        if sampled.elapsed() >= Duration::from_secs(5) {
+            sampled = Instant::now();
+            let raw = cluster.kubectl(&["get", "--raw", METRIC_PATH]).unwrap_or_default();
+            let lag = serde_json::from_str::<serde_json::Value>(&raw)
+                .ok()
+                .and_then(|v| v["items"][0]["value"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "?".into());
+            eprintln!("{:>6.1?}  lag {lag:>8}  workers {}", started.elapsed(), kubelet.workers.len());
+        }
         let want = replicas(&deployments).await;
         if history.last().is_some_and(|(_, r)| *r != want) {
             history.push((started.elapsed(), want));
@@ -285,7 +312,14 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     // One reconfiguration per membership change, for every worker that took part.
     let remaining: Vec<Worker> = std::mem::take(&mut kubelet.workers);
     for w in &remaining {
-        kubelet.check(w);
+        kubelet.check(w).await;
+    }
+    // And nothing more follows: no rebalance without a membership change.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for w in &remaining {
+        let seen = metric(&scrape(w.metrics), "reconfiguration_total");
+        let recorded = kubelet.checked.iter().find(|(n, _, _)| *n == w.name).map(|c| c.1);
+        assert_eq!(Some(seen), recorded, "{}: no reconfiguration after the group settled", w.name);
     }
     eprintln!("membership changes: {:?}", kubelet.changes);
     for (name, seen, expected) in &kubelet.checked {
