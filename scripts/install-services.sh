@@ -6,6 +6,7 @@
 #   kube-apiserver + kube-controller-manager 1.20.2
 #                    from ../shared/k8s when present, else built from Debian's source package
 #   kubernetes-validate 1.37.0 (PyPI) schema validation of the manifests
+#   pkg-config + libssl-dev (Debian), when missing: librdkafka's TLS/SASL
 # Every download is verified by SHA-256 and every cached binary is re-verified on each run.
 # Prints nothing but progress; writes "$LAGSCALE_TOOLS/env" for the harness and scripts.
 set -euo pipefail
@@ -169,6 +170,14 @@ install_kube() {
   record_digest "$KUBE_CONTROLLER_MANAGER"
 }
 
+# What the workspace's own build links: librdkafka is compiled with TLS/SASL against the
+# system OpenSSL (rdkafka's `ssl` feature).
+install_build_deps() {
+  if ! pkg-config --exists openssl 2>/dev/null; then
+    apt_install pkg-config libssl-dev
+  fi
+}
+
 # Schema validation of the manifests for current Kubernetes versions (bundled schemas, no
 # network at run time), in its own virtualenv.
 install_validate() {
@@ -185,12 +194,13 @@ install_validate() {
 want=${*:-all}
 for part in $want; do
   case $part in
-    all) install_noida; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
+    all) install_build_deps; install_noida; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
     kafka) install_noida ;;
     mongo) install_mongod ;;
     kube) install_etcd; install_kubectl; install_kube ;;
     validate) install_validate ;;
-    *) die "unknown part '$part' (all, kafka, mongo, kube, validate)" ;;
+    build) install_build_deps ;;
+    *) die "unknown part '$part' (all, build, kafka, mongo, kube, validate)" ;;
   esac
 done
 

@@ -127,6 +127,8 @@ async fn main() {
         "2s",
         "--kafka-timeout",
         "5s",
+        // The data path alone: authentication and authorization are measured by the tests.
+        "--insecure-no-auth",
     ]
     .iter()
     .map(OsString::from)

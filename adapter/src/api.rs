@@ -76,14 +76,16 @@ impl ApiState {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The API; with `delegation`, every request but the health probes is authenticated and
+/// authorized first (without it: local use, see `--insecure-no-auth`).
+pub fn router(state: ApiState, delegation: Option<Arc<crate::delegation::Delegation>>) -> Router {
     let group = Arc::new(discovery::api_group());
     let groups = Arc::new(discovery::api_group_list());
     let v2 = Arc::new(discovery::openapi_v2());
     let v3 = Arc::new(discovery::openapi_v3_index());
     let v3_group = Arc::new(discovery::openapi_v3_group());
     let fixed = |body: Arc<Vec<u8>>| move || async move { json_response(StatusCode::OK, body.as_ref().clone()) };
-    Router::new()
+    let router = Router::new()
         .route("/apis", get(fixed(groups)))
         .route("/apis/external.metrics.k8s.io", get(fixed(group)))
         .route(
@@ -100,9 +102,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/livez", get(|s: State<ApiState>, q: RawQuery| health(s, q, Probe::Live)))
         .route("/readyz", get(|s: State<ApiState>, q: RawQuery| health(s, q, Probe::Ready)))
         .fallback(|| async { Status::not_found("", "the server could not find the requested resource") })
-        .method_not_allowed_fallback(|method: Method| async move { Status::method_not_allowed(method.as_str()) })
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .method_not_allowed_fallback(|method: Method| async move { Status::method_not_allowed(method.as_str()) });
+    let router = match delegation {
+        Some(d) => router.layer(middleware::from_fn_with_state(d, crate::delegation::guard)),
+        None => router,
+    };
+    router.layer(middleware::from_fn_with_state(state.clone(), observe)).with_state(state)
 }
 
 /// Counts every request by route template (bounded cardinality) and code, and times it.

@@ -98,6 +98,24 @@ pub struct Config {
     #[arg(long, env = "LAGSCALE_HISTORY_POINTS", default_value_t = 60)]
     pub history_points: usize,
 
+    /// kubeconfig for the delegated TokenReview and SubjectAccessReview calls and for reading
+    /// kube-system/extension-apiserver-authentication; default: in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Serve without authentication and authorization, for local use only: refused unless
+    /// --listen is a loopback address.
+    #[arg(long, env = "LAGSCALE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// How long TokenReview and SubjectAccessReview answers (allow and deny) are cached.
+    #[arg(long, env = "LAGSCALE_AUTH_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub auth_cache_ttl: Duration,
+
+    /// How often kube-system/extension-apiserver-authentication is re-read.
+    #[arg(long, env = "LAGSCALE_AUTH_CONFIG_REFRESH", default_value = "10s", value_parser = parse_duration)]
+    pub auth_config_refresh: Duration,
+
     /// Log format: text for terminals, json for containers.
     #[arg(long, env = "LAGSCALE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -127,6 +145,15 @@ impl Config {
         }
         if self.history_points < 2 {
             return fail("--history-points must be at least 2 to interpolate".into());
+        }
+        if self.insecure_no_auth && !self.listen.ip().is_loopback() {
+            return fail(format!(
+                "--insecure-no-auth serves lag to anyone who can connect: it is only allowed on a loopback --listen, not {}",
+                self.listen
+            ));
+        }
+        if self.auth_cache_ttl > Duration::from_secs(300) || self.auth_config_refresh < Duration::from_secs(1) {
+            return fail("--auth-cache-ttl must be at most 5m and --auth-config-refresh at least 1s".into());
         }
         if self.listen == self.metrics_listen && self.listen.port() != 0 {
             return fail(format!("--listen and --metrics-listen are both {}", self.listen));
@@ -167,6 +194,10 @@ mod tests {
         assert!(parse(&["--poll-interval", "fast"]).expect_err("bad duration").contains("not a duration"));
         assert!(parse(&["--tls-cert-file", "c.pem"]).is_err(), "cert without key");
         assert!(parse(&["--history-points", "1"]).is_err());
+        let e = parse(&["--insecure-no-auth"]).expect_err("no auth on 0.0.0.0");
+        assert!(e.contains("loopback"), "{e}");
+        assert!(parse(&["--insecure-no-auth", "--listen", "127.0.0.1:6443"]).is_ok());
+        assert!(parse(&["--insecure-no-auth", "--listen", "[::1]:6443"]).is_ok());
         assert!(
             Config::try_parse_from(["lag-adapter", "--bootstrap-servers", "nohost"])
                 .map_err(|e| e.to_string())

@@ -81,4 +81,6 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("delegated authentication: {0}")]
+    Auth(#[from] crate::authn::AuthError),
 }

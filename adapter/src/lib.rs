@@ -3,11 +3,16 @@
 //! Data flows straight through the modules: [`collector`] (one batched cycle over the
 //! [`wire`]) -> [`snapshot`] (lag per group/topic/partition, with [`lag`] arithmetic and
 //! [`history`] for seconds) -> [`poller`] (publishes immutable snapshots) -> [`api`] (answers
-//! from the latest snapshot; [`selector`], [`quantity`], [`status`]).
+//! from the latest snapshot; [`selector`], [`quantity`], [`status`]), behind [`delegation`]
+//! ([`authn`], [`authz`]: the cluster decides who may read what).
 
 pub mod api;
+pub mod authn;
+pub mod authz;
+pub mod cache;
 pub mod collector;
 pub mod config;
+pub mod delegation;
 pub mod discovery;
 pub mod error;
 pub mod history;

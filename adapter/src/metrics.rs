@@ -20,6 +20,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub snapshot_timestamp: IntGauge,
     pub snapshot_age: prometheus::Gauge,
+    pub authentications: IntCounterVec,
+    pub authorizations: IntCounterVec,
+    pub auth_config_loads: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -77,6 +80,27 @@ impl Metrics {
             "lagscale_snapshot_age_seconds",
             "Age of the snapshot queries are answered from, at scrape time.",
         ));
+        let authentications = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_authentications_total",
+                "API requests by how they were authenticated (front_proxy, client_certificate, token, invalid, anonymous, error).",
+            ),
+            &["result"],
+        ));
+        let authorizations = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_authorizations_total",
+                "Authorization decisions, by decision (allowed, denied, error) and source (masters, cache, review).",
+            ),
+            &["decision", "source"],
+        ));
+        let auth_config_loads = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_auth_config_loads_total",
+                "Reads of kube-system/extension-apiserver-authentication, by result (changed, unchanged, error).",
+            ),
+            &["result"],
+        ));
         for c in [
             Box::new(consumergroup_lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(consumergroup_lag_seconds.clone()),
@@ -88,6 +112,9 @@ impl Metrics {
             Box::new(http_duration.clone()),
             Box::new(snapshot_timestamp.clone()),
             Box::new(snapshot_age.clone()),
+            Box::new(authentications.clone()),
+            Box::new(authorizations.clone()),
+            Box::new(auth_config_loads.clone()),
         ] {
             must(registry.register(c));
         }
@@ -103,6 +130,9 @@ impl Metrics {
             http_duration,
             snapshot_timestamp,
             snapshot_age,
+            authentications,
+            authorizations,
+            auth_config_loads,
         }
     }
 

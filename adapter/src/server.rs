@@ -8,11 +8,13 @@ use tokio::sync::watch;
 use crate::api::{self, ApiConfig, ApiState};
 use crate::collector::Collector;
 use crate::config::Config;
+use crate::delegation::{self, Delegation};
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::poller::{self, PollerConfig, Shared};
 use crate::targets::TargetsFile;
 use crate::tls::{self, CertSource};
+use rustls::server::danger::ClientCertVerifier;
 
 /// Where a running adapter listens (ports resolved when 0 was asked for).
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +50,18 @@ pub async fn run(
     let poller =
         tokio::spawn(poller::run(Arc::clone(&shared), collector, poller_config, metrics.clone(), stop_rx.clone()));
 
+    let delegation = if config.insecure_no_auth {
+        tracing::warn!(listen = %config.listen, "serving WITHOUT authentication or authorization (--insecure-no-auth)");
+        None
+    } else {
+        let client = delegation::client(config.kubeconfig.as_deref()).await?;
+        let d = Arc::new(Delegation::start(client, config.auth_cache_ttl, metrics.clone()).await?);
+        tokio::spawn(Arc::clone(&d).follow(config.auth_config_refresh, stop_rx.clone()));
+        Some(d)
+    };
+    let client_auth: tls::ClientAuth =
+        delegation.as_ref().map(|d| Arc::clone(&d.client_certificates) as Arc<dyn ClientCertVerifier>);
+
     let state = ApiState::new(
         Arc::clone(&shared),
         metrics,
@@ -58,12 +72,13 @@ pub async fn run(
         (Some(cert), Some(key)) => CertSource::Files { cert: cert.clone(), key: key.clone() },
         _ => CertSource::SelfSigned { sans: config.tls_san.clone() },
     };
-    let rustls = tls::rustls_config(&source)?;
+    let rustls = tls::rustls_config(&source, &client_auth)?;
     if let CertSource::Files { cert, key } = &source {
         tokio::spawn(tls::watch_files(
             rustls.clone(),
             cert.clone(),
             key.clone(),
+            client_auth.clone(),
             config.tls_reload_interval,
             stop_rx.clone(),
         ));
@@ -81,7 +96,7 @@ pub async fn run(
     let handle = axum_server::Handle::new();
     let api_server = axum_server::from_tcp_rustls(api_listener, rustls)?
         .handle(handle.clone())
-        .serve(api::router(state.clone()).into_make_service());
+        .serve(api::router(state.clone(), delegation).into_make_service());
     let mut metrics_stop = stop_rx.clone();
     let metrics_server = axum::serve(metrics_listener, api::metrics_router(state)).with_graceful_shutdown(async move {
         let _ = metrics_stop.changed().await;

@@ -83,6 +83,21 @@ impl Status {
         }
     }
 
+    pub fn unauthorized() -> Self {
+        Self { code: StatusCode::UNAUTHORIZED, reason: "Unauthorized", message: "Unauthorized".into(), name: None }
+    }
+
+    /// A 403 worded as the kube-apiserver words it: `User "u" cannot <what>`.
+    pub fn forbidden(user: &str, what: &str, reason: &str) -> Self {
+        let mut message = format!("{user:?} cannot {what}");
+        message.insert_str(0, "User ");
+        if !reason.is_empty() {
+            message.push_str(": ");
+            message.push_str(reason);
+        }
+        Self { code: StatusCode::FORBIDDEN, reason: "Forbidden", message, name: None }
+    }
+
     pub fn method_not_allowed(method: &str) -> Self {
         Self {
             code: StatusCode::METHOD_NOT_ALLOWED,

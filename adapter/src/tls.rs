@@ -10,6 +10,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use tokio::sync::watch;
 
 use crate::error::ServeError;
@@ -25,22 +26,31 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// How client certificates are checked in the handshake: not at all (no delegation), or
+/// optionally against the cluster's CAs (see [`crate::authn::ClientCertificates`]).
+pub type ClientAuth = Option<Arc<dyn ClientCertVerifier>>;
+
 fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_auth: &ClientAuth,
 ) -> Result<Arc<ServerConfig>, ServeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let builder = match client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(Arc::clone(verifier)),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| ServeError::Tls(format!("certificate and key do not form a usable pair: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-fn load_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ServeError> {
+fn load_files(cert: &Path, key: &Path, client_auth: &ClientAuth) -> Result<Arc<ServerConfig>, ServeError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| ServeError::Tls(format!("read {}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
@@ -50,20 +60,20 @@ fn load_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ServeError> 
     }
     let key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| ServeError::Tls(format!("read key {}: {e}", key.display())))?;
-    server_config(certs, key)
+    server_config(certs, key, client_auth)
 }
 
-fn self_signed(sans: &[String]) -> Result<Arc<ServerConfig>, ServeError> {
+fn self_signed(sans: &[String], client_auth: &ClientAuth) -> Result<Arc<ServerConfig>, ServeError> {
     let certified = rcgen::generate_simple_self_signed(sans.to_vec()).map_err(|e| ServeError::Tls(e.to_string()))?;
     let key =
         PrivateKeyDer::try_from(certified.signing_key.serialize_der()).map_err(|e| ServeError::Tls(e.to_string()))?;
-    server_config(vec![certified.cert.der().clone()], key)
+    server_config(vec![certified.cert.der().clone()], key, client_auth)
 }
 
-pub fn rustls_config(source: &CertSource) -> Result<RustlsConfig, ServeError> {
+pub fn rustls_config(source: &CertSource, client_auth: &ClientAuth) -> Result<RustlsConfig, ServeError> {
     let config = match source {
-        CertSource::Files { cert, key } => load_files(cert, key)?,
-        CertSource::SelfSigned { sans } => self_signed(sans)?,
+        CertSource::Files { cert, key } => load_files(cert, key, client_auth)?,
+        CertSource::SelfSigned { sans } => self_signed(sans, client_auth)?,
     };
     Ok(RustlsConfig::from_config(config))
 }
@@ -79,6 +89,7 @@ pub async fn watch_files(
     config: RustlsConfig,
     cert: PathBuf,
     key: PathBuf,
+    client_auth: ClientAuth,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -93,7 +104,7 @@ pub async fn watch_files(
         if now == seen {
             continue;
         }
-        match load_files(&cert, &key) {
+        match load_files(&cert, &key, &client_auth) {
             Ok(new) => {
                 config.reload_from_config(new);
                 seen = now;

@@ -1,11 +1,12 @@
-//! The adapter behind the real kube-aggregator: registered through an APIService with a
-//! caBundle, read with `kubectl get --raw`, and consumed by the real HPA controller.
+//! The adapter behind the real kube-aggregator, with delegated authentication and
+//! authorization on: registered through an APIService with a caBundle, read with
+//! `kubectl get --raw`, and consumed by the real HPA controller.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Adapter, commit, produce};
+use common::{commit, delegated_adapter, produce};
 use lagscale_tests::pki::Leaf;
 use lagscale_tests::pki::base64;
 use lagscale_tests::{Broker, ControlPlane, ControlPlaneOptions, RunDir};
@@ -105,18 +106,9 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
         .expect("write");
     let port = lagscale_tests::net::free_port().expect("port");
     let listen = format!("127.0.0.1:{port}");
-    let adapter = Adapter::start(
-        &broker.bootstrap(),
-        &[
-            "--listen",
-            &listen,
-            "--tls-cert-file",
-            cert.to_str().expect("utf8"),
-            "--tls-key-file",
-            key.to_str().expect("utf8"),
-        ],
-    )
-    .await;
+    // Delegated authentication and authorization on, as deployed: the aggregator's requests
+    // get in through the front-proxy certificate, the HPA's through the shipped RBAC.
+    let adapter = delegated_adapter(&cluster, &run, &broker.bootstrap(), &listen, (&cert, &key), &[]).await;
 
     cluster
         .kubectl_with_stdin(&["apply", "-f", "-"], Some(&registration(port, &base64(ca.cert_pem().as_bytes()))))

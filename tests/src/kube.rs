@@ -56,6 +56,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     pki: ClusterPki,
     ca: Ca,
+    front_proxy_ca: Ca,
 }
 
 impl ControlPlane {
@@ -216,6 +217,7 @@ impl ControlPlane {
                 admin_key,
             },
             ca,
+            front_proxy_ca,
         })
     }
 
@@ -235,6 +237,33 @@ impl ControlPlane {
     /// The cluster CA, to issue more client certificates (users, components).
     pub fn ca(&self) -> &Ca {
         &self.ca
+    }
+
+    /// The request-header (front proxy) CA, to issue proxy certificates with other names.
+    pub fn front_proxy_ca(&self) -> &Ca {
+        &self.front_proxy_ca
+    }
+
+    /// A token of ServiceAccount `namespace/name` (TokenRequest API, valid one hour).
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
+        Ok(self.kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])?.trim().to_owned())
+    }
+
+    /// A kubeconfig at `path` that authenticates as ServiceAccount `namespace/name`.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) -> Result<()> {
+        let token = self.service_account_token(namespace, name)?;
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "lagscale", "cluster": {
+                "server": self.url(),
+                "certificate-authority": self.pki.ca_cert.display().to_string(),
+            }}],
+            "users": [{ "name": name, "user": { "token": token } }],
+            "contexts": [{ "name": "lagscale", "context": { "cluster": "lagscale", "user": name } }],
+            "current-context": "lagscale",
+        });
+        std::fs::write(path, config.to_string()).ctx(|| format!("write {}", path.display()))
     }
 
     pub fn apiserver_pid(&self) -> Option<i32> {

@@ -33,6 +33,9 @@ pub struct PipelineOptions {
     pub targets: Option<String>,
     /// Extra adapter flags (e.g. its serving certificate).
     pub adapter_args: Vec<OsString>,
+    /// The cluster the adapter delegates authentication and authorization to; `None`: the
+    /// adapter serves loopback without (`--insecure-no-auth`).
+    pub adapter_kubeconfig: Option<PathBuf>,
 }
 
 /// Where the workspace binaries live: next to the running executable.
@@ -91,6 +94,10 @@ impl Pipeline {
             "--targets-file".into(),
             targets_file.clone().into_os_string(),
         ];
+        match &options.adapter_kubeconfig {
+            Some(path) => args.extend(["--kubeconfig".into(), path.clone().into_os_string()]),
+            None => args.push("--insecure-no-auth".into()),
+        }
         args.extend(options.adapter_args.iter().cloned());
         let mut adapter = ServiceProcess::spawn("lag-adapter", &adapter_bin, args, &run.sub("adapter")?)?;
         let _ = rustls::crypto::ring::default_provider().install_default();

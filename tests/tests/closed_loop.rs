@@ -177,6 +177,7 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
                 .map(OsString::from)
                 .chain([cert.into_os_string(), "--tls-key-file".into(), key.into_os_string()])
                 .collect(),
+            adapter_kubeconfig: None,
         },
     )
     .await

@@ -48,7 +48,7 @@ fn producer_config(broker: &Broker, count: u64, seed: u64) -> ProducerConfig {
         oversize_bytes: 1024,
         delivery_timeout: Duration::from_secs(30),
         ids_file: None,
-        kafka_properties: Vec::new(),
+        kafka_properties: Default::default(),
     }
 }
 

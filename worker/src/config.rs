@@ -20,7 +20,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Projects gpu_metrics and token_usage events from Kafka into MongoDB, effectively once.
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(name = "projection-worker", version, args_override_self = true)]
 pub struct Config {
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
@@ -93,7 +93,7 @@ fn split_property(text: &str) -> Option<(&str, &str)> {
 /// librdkafka client properties from repeated `--kafka-property KEY=VALUE` flags (or the
 /// comma-separated `KAFKA_PROPERTIES`); an error names the key, never the value. Empty entries
 /// are skipped: a Secret with `KAFKA_PROPERTIES=` means none.
-pub fn kafka_properties(flags: &[String]) -> Result<Vec<(String, String)>, String> {
+pub fn kafka_properties(flags: &[String]) -> Result<KafkaProperties, String> {
     flags
         .iter()
         .filter(|p| !p.trim().is_empty())
@@ -104,7 +104,78 @@ pub fn kafka_properties(flags: &[String]) -> Result<Vec<(String, String)>, Strin
                 format!("--kafka-property #{} (key {key:?}): expected KEY=VALUE", i + 1)
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(KafkaProperties)
+}
+
+/// librdkafka properties, whose values may be secrets (`sasl.password`): Debug shows keys only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| format!("{k}=***"))).finish()
+    }
+}
+
+/// `scheme://user:PASSWORD@host` -> `scheme://user:***@host`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return "***".into() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+            format!("{user}:***@{hosts}")
+        }
+        None => authority.to_owned(),
+    };
+    // Query options can carry secrets too (e.g. a TLS key password): keep only their names.
+    let tail = tail.map(|t| match t.split_once('?') {
+        Some((path, query)) => {
+            let names: Vec<&str> = query.split('&').map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k)).collect();
+            format!("{path}?{}", names.iter().map(|k| format!("{k}=***")).collect::<Vec<_>>().join("&"))
+        }
+        None => t.to_owned(),
+    });
+    match tail {
+        Some(t) => format!("{scheme}://{authority}/{t}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+/// Debug without secrets: the MongoDB password and every Kafka property value are masked, so
+/// a logged configuration never leaks them.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<String> = self
+            .kafka_properties
+            .iter()
+            .map(|p| p.split_once('=').map_or_else(|| "***".to_owned(), |(k, _)| format!("{k}=***")))
+            .collect();
+        f.debug_struct("Config")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group", &self.group)
+            .field("gpu_topic", &self.gpu_topic)
+            .field("token_topic", &self.token_topic)
+            .field("mongodb_uri", &redact_uri(&self.mongodb_uri))
+            .field("database", &self.database)
+            .field("dead_letter_collection", &self.dead_letter_collection)
+            .field("batch_size", &self.batch_size)
+            .field("batch_linger", &self.batch_linger)
+            .field("commit_interval", &self.commit_interval)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("write_timeout", &self.write_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field("termination_grace", &self.termination_grace)
+            .field("stuck_after", &self.stuck_after)
+            .field("http_listen", &self.http_listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("kafka_properties", &properties)
+            .field("worker_id", &self.worker_id)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
 }
 
 impl Config {
@@ -184,11 +255,48 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_carries_no_secret() {
+        let c = parse(&[
+            "--mongodb-uri",
+            "mongodb://app:s3cret-pw@mongo-0:27017,mongo-1:27017/?authSource=admin&tlsCertificateKeyFilePassword=k3y",
+            "--kafka-property",
+            "sasl.password=hunter2",
+            "--kafka-property",
+            "sasl.username=worker",
+        ])
+        .expect("valid");
+        let text = format!("{c:?}");
+        for secret in ["s3cret-pw", "hunter2", "k3y"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("mongodb://app:***@mongo-0:27017,mongo-1:27017/?authSource=***"), "{text}");
+        assert!(text.contains("sasl.password=***"), "{text}");
+        assert_eq!(redact_uri("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+        assert_eq!(redact_uri("not a uri"), "***");
+    }
+
+    #[test]
+    fn tls_and_sasl_properties_are_supported_by_this_build() {
+        // librdkafka refuses security.protocol=SASL_SSL unless built with OpenSSL.
+        let consumer: Result<rdkafka::consumer::BaseConsumer, _> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "config-test")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "worker")
+            .set("sasl.password", "pw")
+            .create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+    }
+
+    #[test]
     fn empty_kafka_properties_mean_none() {
         let c = parse(&["--kafka-property", "", "--kafka-property", " "]).expect("empty entries are skipped");
         assert_eq!(c.kafka_properties().count(), 0);
-        assert_eq!(kafka_properties(&["".into()]), Ok(Vec::new()));
-        assert_eq!(kafka_properties(&["a=1".into(), "".into()]), Ok(vec![("a".into(), "1".into())]));
+        assert_eq!(kafka_properties(&["".into()]), Ok(KafkaProperties::default()));
+        let parsed = kafka_properties(&["a=1".into(), "".into()]).expect("valid");
+        assert_eq!(parsed.0, vec![("a".to_owned(), "1".to_owned())]);
+        assert_eq!(format!("{parsed:?}"), r#"["a=***"]"#);
     }
 
     #[test]

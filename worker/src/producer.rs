@@ -39,7 +39,7 @@ pub struct ProducerConfig {
     /// Writes `topic<TAB>event_id` for every delivered valid event (for exactly-once checks).
     pub ids_file: Option<PathBuf>,
     /// Extra librdkafka settings (SASL/TLS), applied last.
-    pub kafka_properties: Vec<(String, String)>,
+    pub kafka_properties: crate::config::KafkaProperties,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,7 @@ pub async fn run(
         .set("queue.buffering.max.messages", "200000")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", config.delivery_timeout.as_millis().clamp(1, i32::MAX as u128).to_string());
-    for (key, value) in &config.kafka_properties {
+    for (key, value) in &config.kafka_properties.0 {
         client.set(key, value);
     }
     let producer: FutureProducer = client.create()?;

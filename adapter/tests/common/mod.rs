@@ -70,6 +70,10 @@ impl Adapter {
             "2s",
         ];
         args.extend_from_slice(extra);
+        // Without a cluster to delegate to, the adapter serves loopback without auth.
+        if !extra.contains(&"--kubeconfig") {
+            args.push("--insecure-no-auth");
+        }
         let config = <lag_adapter::config::Config as clap::Parser>::try_parse_from(args).expect("flags");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -165,4 +169,40 @@ pub fn total(list: &serde_json::Value) -> i64 {
     list["items"].as_array().map_or(0, |items| {
         items.iter().map(|i| i["value"].as_str().and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1)).sum()
     })
+}
+
+/// The adapter as deployed: its ServiceAccount `pipeline/lag-adapter` and the RBAC from
+/// deploy/ applied to `cluster`, authenticating with that account's token, serving
+/// `serving_cert` on `listen`, delegating authentication and authorization to the cluster.
+pub async fn delegated_adapter(
+    cluster: &lagscale_tests::ControlPlane,
+    run: &lagscale_tests::RunDir,
+    bootstrap: &str,
+    listen: &str,
+    serving_cert: (&std::path::Path, &std::path::Path),
+    extra: &[&str],
+) -> Adapter {
+    use lagscale_tests::manifests::{deploy_copy, documents, find, kustomize, to_yaml};
+    let deploy = deploy_copy(&run.sub("deploy-copy").expect("dir")).expect("deploy copy");
+    let docs = documents(&kustomize(&deploy).expect("kustomize")).expect("yaml");
+    let rbac: Vec<serde_yaml_ng::Value> = [
+        ("Namespace", "pipeline"),
+        ("ServiceAccount", "lag-adapter"),
+        ("ClusterRoleBinding", "lagscale:lag-adapter:auth-delegator"),
+        ("RoleBinding", "lagscale:lag-adapter:auth-reader"),
+        ("ClusterRole", "lagscale:external-metrics-reader"),
+        ("ClusterRoleBinding", "lagscale:hpa-external-metrics-reader"),
+    ]
+    .iter()
+    .map(|(kind, name)| find(&docs, kind, name).expect("shipped manifest").clone())
+    .collect();
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&rbac).expect("yaml"))).expect("shipped RBAC");
+    let kubeconfig = run.path().join("lag-adapter.kubeconfig");
+    cluster.service_account_kubeconfig("pipeline", "lag-adapter", &kubeconfig).expect("token kubeconfig");
+    let (cert, key) = (serving_cert.0.to_str().expect("utf8"), serving_cert.1.to_str().expect("utf8"));
+    let kubeconfig = kubeconfig.to_str().expect("utf8").to_owned();
+    let mut flags =
+        vec!["--listen", listen, "--tls-cert-file", cert, "--tls-key-file", key, "--kubeconfig", &kubeconfig];
+    flags.extend_from_slice(extra);
+    Adapter::start(bootstrap, &flags).await
 }

@@ -67,6 +67,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             bin_dir,
             targets: None,
             adapter_args: Vec::new(),
+            adapter_kubeconfig: None,
         },
     )
     .await?;
