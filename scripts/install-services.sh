@@ -181,6 +181,8 @@ install_build_deps() {
 # Schema validation of the manifests for current Kubernetes versions (bundled schemas, no
 # network at run time), in its own virtualenv.
 install_validate() {
+  # deploy/generate-secrets.sh, which the manifest tests run, uses the openssl CLI.
+  command -v openssl >/dev/null || apt_install openssl
   local venv=$TOOLS/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
   KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate
   [ -x "$KUBERNETES_VALIDATE" ] && "$KUBERNETES_VALIDATE" --version >/dev/null 2>&1 && return
