@@ -16,6 +16,7 @@ pub mod delegation;
 pub mod discovery;
 pub mod error;
 pub mod history;
+pub mod hpa;
 pub mod lag;
 pub mod metrics;
 pub mod poller;
