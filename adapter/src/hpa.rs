@@ -65,6 +65,7 @@ pub enum Stabilization {
 /// What an HPA manifest says, for one External metric.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
+    /// The profile's name: annotation `lagscale.io/profile`, else the file's stem.
     pub name: String,
     pub min: i32,
     pub max: i32,
@@ -152,8 +153,11 @@ impl Spec {
             Value::Null => None,
             b => Some((rules(&b["scaleUp"], true).map_err(fail)?, rules(&b["scaleDown"], false).map_err(fail)?)),
         };
+        // Profiles share the HPA's name: tell them apart by their annotation, else the file.
+        let stem = std::path::Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or(file);
+        let name = doc["metadata"]["annotations"]["lagscale.io/profile"].as_str().unwrap_or(stem).to_owned();
         Ok(Self {
-            name: doc["metadata"]["name"].as_str().unwrap_or(file).to_owned(),
+            name,
             min: i32::try_from(min).map_err(|_| fail("minReplicas too large".into()))?,
             max: i32::try_from(max).map_err(|_| fail("maxReplicas too large".into()))?,
             metric,
@@ -618,7 +622,7 @@ mod tests {
             .expect("conservative");
         assert_eq!(
             (hpa.min, hpa.max, hpa.target_milli, hpa.metric.as_str()),
-            (2, 12, 10_000_000, "projection-worker-lag")
+            (2, 12, 50_000_000, "projection-worker-lag")
         );
         let (up, down) = hpa.behavior.expect("behavior");
         assert_eq!((up.window_ms, up.select, up.policies.len()), (300_000, SelectPolicy::Min, 1));
@@ -630,7 +634,7 @@ mod tests {
         let base = std::fs::read_to_string(format!("{root}hpa.yaml")).expect("read");
         for (from, to, says) in [
             ("type: External", "type: Resource", "no External metric"),
-            ("averageValue: \"10000\"", "averageValue: \"ten\"", "averageValue"),
+            ("averageValue: \"50000\"", "averageValue: \"ten\"", "averageValue"),
             ("minReplicas: 2", "minReplicas: 20", "minReplicas"),
             ("selectPolicy: Min", "selectPolicy: Least", "selectPolicy"),
             ("periodSeconds: 60", "periodSeconds: 0", "periodSeconds"),

@@ -10,6 +10,7 @@ pub mod api;
 pub mod authn;
 pub mod authz;
 pub mod cache;
+pub mod chart;
 pub mod collector;
 pub mod config;
 pub mod delegation;
@@ -23,10 +24,12 @@ pub mod poller;
 pub mod quantity;
 pub mod selector;
 pub mod server;
+pub mod simulate;
 pub mod snapshot;
 pub mod status;
 pub mod targets;
 pub mod tls;
+pub mod tuner;
 pub mod wire;
 
 /// Logs through `tracing`: text for terminals, JSON for containers; level from RUST_LOG.

@@ -1,0 +1,21 @@
+//! lag-tuner: see `lag_adapter::tuner`.
+
+use clap::Parser;
+use lag_adapter::tuner::{Cli, Command, simulate};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Simulate(args) => simulate(args),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lag-tuner: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
