@@ -4,41 +4,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{commit, delegated_adapter, produce};
+use common::{commit, delegated_adapter, eventually, produce, registration};
 use lagscale_tests::pki::Leaf;
 use lagscale_tests::pki::base64;
 use lagscale_tests::{Broker, ControlPlane, ControlPlaneOptions, RunDir};
 
 const LAG_RAW: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag";
-
-fn registration(port: u16, ca_bundle: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {{name: lagscale}}
----
-# On loopback: the aggregator dials https://localhost:PORT (no Endpoints needed).
-apiVersion: v1
-kind: Service
-metadata: {{name: lag-adapter, namespace: lagscale}}
-spec: {{type: ExternalName, externalName: localhost}}
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata: {{name: v1beta1.external.metrics.k8s.io}}
-spec:
-  group: external.metrics.k8s.io
-  version: v1beta1
-  groupPriorityMinimum: 100
-  versionPriority: 100
-  caBundle: {ca_bundle}
-  service: {{name: lag-adapter, namespace: lagscale, port: {port}}}
-"#
-    )
-}
 
 const WORKLOAD: &str = r#"
 apiVersion: apps/v1
@@ -66,20 +39,6 @@ spec:
         selector: {matchLabels: {consumergroup: billing}}
       target: {type: AverageValue, averageValue: "10"}
 "#;
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool, String>) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match check() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("{what} within {timeout:?}; last error: {last}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {

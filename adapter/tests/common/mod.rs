@@ -1,7 +1,7 @@
 //! Helpers shared by the adapter's integration tests: produce and commit on a real broker.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lagscale_tests::Broker;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -205,4 +205,48 @@ pub async fn delegated_adapter(
         vec!["--listen", listen, "--tls-cert-file", cert, "--tls-key-file", key, "--kubeconfig", &kubeconfig];
     flags.extend_from_slice(extra);
     Adapter::start(bootstrap, &flags).await
+}
+
+/// The APIService registering an adapter on loopback `port` (ExternalName Service: the
+/// aggregator dials https://localhost:PORT), trusting `ca_bundle` (base64 PEM).
+pub fn registration(port: u16, ca_bundle: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: lagscale}}
+---
+# On loopback: the aggregator dials https://localhost:PORT (no Endpoints needed).
+apiVersion: v1
+kind: Service
+metadata: {{name: lag-adapter, namespace: lagscale}}
+spec: {{type: ExternalName, externalName: localhost}}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta1.external.metrics.k8s.io}}
+spec:
+  group: external.metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  caBundle: {ca_bundle}
+  service: {{name: lag-adapter, namespace: lagscale, port: {port}}}
+"#
+    )
+}
+
+/// Retries `check` every 250 ms until it says yes; panics after `timeout` with the last error.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool, String>) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what} within {timeout:?}; last error: {last}");
 }
