@@ -16,6 +16,7 @@ pub mod config;
 pub mod delegation;
 pub mod discovery;
 pub mod error;
+pub mod explain;
 pub mod history;
 pub mod hpa;
 pub mod lag;

@@ -28,6 +28,35 @@ pub enum Command {
     /// Replay a trace through HPA profiles: replica timeline, reconfigurations, peak lag,
     /// time to drain.
     Simulate(SimulateArgs),
+    /// Why a scaling target serves what it serves: per partition offsets, lag, policy, status,
+    /// and what the HPA will compute.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The scaling target's name (the metric the HPA asks for).
+    pub target: String,
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", value_delimiter = ',', required = true)]
+    pub bootstrap_servers: Vec<String>,
+    /// The adapter's scaling-target file.
+    #[arg(long, env = "LAGSCALE_TARGETS_FILE", required = true)]
+    pub targets_file: PathBuf,
+    /// Collection cycles to compare (statuses need at least 2).
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Replicas the HPA sees now (default: the group's members).
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// The HPA manifest, to clamp to its min and max.
+    #[arg(long)]
+    pub hpa: Option<PathBuf>,
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -205,6 +234,35 @@ pub fn table(outcomes: &[Outcome]) -> String {
     out
 }
 
+/// Runs `explain`; returns what to print.
+pub async fn explain(args: &ExplainArgs) -> Result<String, TunerError> {
+    let file = crate::targets::TargetsFile::load(&args.targets_file).map_err(|e| TunerError::Invalid(e.to_string()))?;
+    let target = file.targets.into_iter().find(|t| t.name == args.target).ok_or_else(|| {
+        TunerError::Invalid(format!("no target {:?} in {}", args.target, args.targets_file.display()))
+    })?;
+    let target = std::sync::Arc::new(target);
+    let hpa = match &args.hpa {
+        Some(p) => {
+            Some(Spec::from_yaml(&p.display().to_string(), &read(p)?).map_err(|e| TunerError::Invalid(e.to_string()))?)
+        }
+        None => None,
+    };
+    if !(1..=100).contains(&args.samples) {
+        return Err(TunerError::Invalid("--samples must be 1..100".into()));
+    }
+    let mut collector = crate::collector::Collector::new(args.bootstrap_servers.clone(), args.kafka_timeout);
+    let samples = crate::explain::sample(&mut collector, &target, args.samples, args.interval)
+        .await
+        .map_err(|e| TunerError::Invalid(e.to_string()))?;
+    let explanation = crate::explain::explain(&target, &samples, args.replicas, hpa.as_ref())
+        .map_err(|e| TunerError::Invalid(e.to_string()))?;
+    if args.json {
+        serde_json::to_string_pretty(&explanation).map_err(|e| TunerError::Invalid(e.to_string()))
+    } else {
+        Ok(crate::explain::render(&explanation))
+    }
+}
+
 /// Runs `simulate`; returns what to print.
 pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
     let specs = args
@@ -277,6 +335,7 @@ mod tests {
         all.extend_from_slice(extra);
         match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
             Command::Simulate(a) => Ok(a),
+            Command::Explain(_) => Err("not simulate".into()),
         }
     }
 

@@ -1,12 +1,14 @@
 //! lag-tuner: see `lag_adapter::tuner`.
 
 use clap::Parser;
-use lag_adapter::tuner::{Cli, Command, simulate};
+use lag_adapter::tuner::{Cli, Command, explain, simulate};
 
-fn main() -> std::process::ExitCode {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Simulate(args) => simulate(args),
+        Command::Explain(args) => explain(args).await,
     };
     match result {
         Ok(text) => {

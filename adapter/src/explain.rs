@@ -1,0 +1,323 @@
+//! `lag-tuner explain TARGET`: why a scaling target serves what it serves. It takes a few
+//! collection cycles `interval` apart (the adapter's own collector, read-only), then shows,
+//! per partition:
+//! - the offsets and the lag;
+//! - the uncommitted-offset policy where it applied;
+//! - the lag in seconds;
+//! - a Burrow-style status over the samples.
+//!
+//! For the target as a whole it shows the cap the adapter applied and what the HPA will compute
+//! from the served value.
+//!
+//! Statuses (Burrow's, over the sampled window; lag 0 is always OK, so an idle consumer is not
+//! reported stopped):
+//! - `REWIND`: the committed offset went backwards;
+//! - `STOP`: lag and nothing commits, and the group has no member;
+//! - `STALL`: lag, members, yet the committed offset does not move (a stuck or poisoned
+//!   partition);
+//! - `WARN`: the offset moves but the lag grew at every sample;
+//! - `OK`: otherwise.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::collector::Collector;
+use crate::error::KafkaError;
+use crate::hpa::{Controller, Spec, Stabilization, TargetType};
+use crate::lag::{CapApplied, OffsetPolicy};
+use crate::snapshot::{Histories, Snapshot};
+use crate::targets::Target;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Ok,
+    Warn,
+    Stall,
+    Stop,
+    Rewind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub log_start: i64,
+    pub log_end: i64,
+    pub lag: u64,
+    pub lag_seconds: f64,
+    /// How the lag was counted when the committed offset alone does not say.
+    pub counted_as: &'static str,
+    pub status: Status,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HpaView {
+    /// Replicas the HPA sees now (the group's members unless given).
+    pub current_replicas: u32,
+    pub usage_ratio: f64,
+    pub within_tolerance: bool,
+    /// What the metric alone asks for (before windows and policies).
+    pub desired_replicas: i32,
+    /// Within the HPA's min and max, when its manifest was given.
+    pub clamped_to: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    pub target: String,
+    pub consumer_group: String,
+    pub members: Option<u32>,
+    pub samples: usize,
+    pub window_seconds: f64,
+    pub lag_per_replica: u64,
+    pub uncommitted_offset_policy: OffsetPolicy,
+    pub total_lag: u64,
+    pub lag_seconds: f64,
+    pub partitions: u32,
+    pub missing_topics: Vec<String>,
+    pub served: String,
+    pub uncapped_replicas: u64,
+    pub cap: CapApplied,
+    pub hpa: HpaView,
+    pub by_partition: Vec<PartitionView>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("no scaling target named {0:?} in the targets file")]
+    UnknownTarget(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// Collects `samples` cycles `interval` apart for `target`.
+pub async fn sample(
+    collector: &mut Collector,
+    target: &Arc<Target>,
+    samples: usize,
+    interval: Duration,
+) -> Result<Vec<Snapshot>, ExplainError> {
+    let groups = BTreeSet::from([target.consumer_group.clone()]);
+    let topics: BTreeSet<String> = target.topics.iter().cloned().collect();
+    let mut histories = Histories::new(60);
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..samples.max(1) {
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let collected = collector.collect(&groups, &topics).await?;
+        out.push(Snapshot::build(
+            &collected,
+            &mut histories,
+            std::slice::from_ref(target),
+            target.uncommitted_offset_policy,
+            SystemTime::now(),
+        ));
+    }
+    Ok(out)
+}
+
+fn status(history: &[(Option<i64>, u64)], members: Option<u32>) -> (Status, String) {
+    let Some(&(last_committed, last_lag)) = history.last() else { return (Status::Ok, "no sample".into()) };
+    let committed: Vec<Option<i64>> = history.iter().map(|h| h.0).collect();
+    if committed.windows(2).any(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if b < a)) {
+        return (Status::Rewind, "the committed offset went backwards".into());
+    }
+    if last_lag == 0 {
+        return (Status::Ok, "nothing to consume".into());
+    }
+    let unmoved = committed.windows(2).all(|w| w[0] == w[1]);
+    if history.len() >= 2 && unmoved {
+        if members == Some(0) || members.is_none() {
+            return (Status::Stop, "lag and no commits, and the group has no member".into());
+        }
+        return (Status::Stall, format!("lag {last_lag} while the committed offset stays at {last_committed:?}"));
+    }
+    let lags: Vec<u64> = history.iter().map(|h| h.1).collect();
+    if lags.len() >= 2 && lags.windows(2).all(|w| w[1] > w[0]) {
+        return (Status::Warn, format!("lag grew at every sample: {} -> {}", lags[0], last_lag));
+    }
+    if history.len() < 2 {
+        return (Status::Ok, "one sample: movement unknown".into());
+    }
+    (Status::Ok, "committing and keeping up".into())
+}
+
+/// The explanation of `target` from its samples (oldest first).
+pub fn explain(
+    target: &Target,
+    samples: &[Snapshot],
+    replicas: Option<u32>,
+    hpa: Option<&Spec>,
+) -> Result<Explanation, ExplainError> {
+    let last = samples
+        .last()
+        .and_then(|s| s.targets.get(&target.name))
+        .ok_or_else(|| ExplainError::UnknownTarget(target.name.clone()))?;
+    let window_seconds = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) => b.collected_at.duration_since(a.collected_at).unwrap_or_default().as_secs_f64(),
+        _ => 0.0,
+    };
+    let mut by_partition = Vec::new();
+    for (topic, lag) in &last.topics {
+        for p in &lag.partitions {
+            let history: Vec<(Option<i64>, u64)> = samples
+                .iter()
+                .filter_map(|s| {
+                    let t = s.targets.get(&target.name)?.topics.get(topic)?;
+                    t.partitions.iter().find(|x| x.partition == p.partition).map(|x| (x.committed, x.lag))
+                })
+                .collect();
+            let (status, reason) = status(&history, last.members);
+            let counted_as = match p.committed {
+                None => match target.uncommitted_offset_policy {
+                    OffsetPolicy::Earliest => "no commit: from log-start (earliest)",
+                    OffsetPolicy::Latest => "no commit: nothing behind (latest)",
+                },
+                Some(c) if c < p.log_start => "commit below log-start: from log-start",
+                Some(c) if c > p.log_end => "commit above log-end: 0",
+                Some(_) => "log-end - committed",
+            };
+            by_partition.push(PartitionView {
+                topic: topic.clone(),
+                partition: p.partition,
+                committed: p.committed,
+                log_start: p.log_start,
+                log_end: p.log_end,
+                lag: p.lag,
+                lag_seconds: p.lag_seconds,
+                counted_as,
+                status,
+                reason,
+            });
+        }
+    }
+    let current = replicas.or(last.members).unwrap_or(1).max(1);
+    let spec = hpa.cloned().unwrap_or_else(|| Spec {
+        name: target.name.clone(),
+        min: 1,
+        max: i32::MAX,
+        metric: target.name.clone(),
+        target_type: TargetType::AverageValue,
+        target_milli: i64::try_from(target.lag_per_replica).unwrap_or(i64::MAX / 1000).saturating_mul(1000),
+        behavior: None,
+    });
+    let controller = Controller::new(spec.clone(), Stabilization::Bounded);
+    let served_milli = i64::try_from(last.value.value.milli_value()).unwrap_or(i64::MAX);
+    let (desired, usage_ratio, within_tolerance) =
+        controller.recommend(i32::try_from(current).unwrap_or(i32::MAX), served_milli);
+    Ok(Explanation {
+        target: target.name.clone(),
+        consumer_group: target.consumer_group.clone(),
+        members: last.members,
+        samples: samples.len(),
+        window_seconds,
+        lag_per_replica: target.lag_per_replica,
+        uncommitted_offset_policy: target.uncommitted_offset_policy,
+        total_lag: last.total_lag,
+        lag_seconds: last.lag_seconds,
+        partitions: last.partitions,
+        missing_topics: last.missing_topics.clone(),
+        served: last.value.value.to_string(),
+        uncapped_replicas: last.value.uncapped_replicas,
+        cap: last.value.cap,
+        hpa: HpaView {
+            current_replicas: current,
+            usage_ratio,
+            within_tolerance,
+            desired_replicas: desired,
+            clamped_to: hpa.map(|h| desired.clamp(h.min, h.max)),
+        },
+        by_partition,
+    })
+}
+
+/// The terminal rendering.
+pub fn render(e: &Explanation) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "target {}  group {}  members {}  ({} samples over {:.0} s)\n",
+        e.target,
+        e.consumer_group,
+        e.members.map_or_else(|| "?".to_owned(), |m| m.to_string()),
+        e.samples,
+        e.window_seconds
+    ));
+    if !e.missing_topics.is_empty() {
+        out.push_str(&format!("missing topics: {}\n", e.missing_topics.join(", ")));
+    }
+    out.push_str(&format!(
+        "\n{:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>9}  {:<6} {}\n",
+        "topic", "part", "committed", "log-start", "log-end", "lag", "lag s", "status", "why"
+    ));
+    for p in &e.by_partition {
+        out.push_str(&format!(
+            "{:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>9.1}  {:<6} {}{}\n",
+            p.topic,
+            p.partition,
+            p.committed.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            p.log_start,
+            p.log_end,
+            p.lag,
+            p.lag_seconds,
+            format!("{:?}", p.status).to_uppercase(),
+            p.reason,
+            if p.counted_as == "log-end - committed" { String::new() } else { format!(" [{}]", p.counted_as) }
+        ));
+    }
+    let cap = match e.cap {
+        CapApplied::None => "no cap needed".to_owned(),
+        CapApplied::AtPartitions => format!(
+            "capped at partitions x lagPerReplica ({} x {}): the lag alone asks for {} replicas",
+            e.partitions, e.lag_per_replica, e.uncapped_replicas
+        ),
+        CapApplied::AboveTolerance => format!(
+            "capped just above the HPA's tolerance band (the group is within 10 % of {} partitions)",
+            e.partitions
+        ),
+    };
+    out.push_str(&format!(
+        "\ntotal lag {} over {} partitions (oldest unconsumed {:.1} s); uncommitted partitions count as {:?}\n",
+        e.total_lag, e.partitions, e.lag_seconds, e.uncommitted_offset_policy
+    ));
+    out.push_str(&format!("served {} ({cap})\n", e.served));
+    let hpa = &e.hpa;
+    let verdict = if hpa.within_tolerance {
+        format!("within the 10 % tolerance: the HPA keeps {} replicas", hpa.current_replicas)
+    } else {
+        format!("the HPA asks for {} replicas before its windows and policies", hpa.desired_replicas)
+    };
+    out.push_str(&format!(
+        "HPA: {} / ({} x {}) = ratio {:.3}: {verdict}{}\n",
+        e.served,
+        hpa.current_replicas,
+        e.lag_per_replica,
+        hpa.usage_ratio,
+        hpa.clamped_to.map_or_else(String::new, |c| format!(", {c} within its min/max"))
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burrow_statuses_from_offset_and_lag_histories() {
+        let s = |h: &[(Option<i64>, u64)], m: Option<u32>| status(h, m).0;
+        assert_eq!(s(&[(Some(5), 0), (Some(5), 0)], Some(0)), Status::Ok, "idle is not STOP");
+        assert_eq!(s(&[(Some(5), 10), (Some(5), 20)], Some(2)), Status::Stall);
+        assert_eq!(s(&[(Some(5), 10), (Some(5), 20)], Some(0)), Status::Stop);
+        assert_eq!(s(&[(None, 10), (None, 12)], None), Status::Stop, "never committed, nobody there");
+        assert_eq!(s(&[(Some(5), 10), (Some(9), 12), (Some(14), 15)], Some(1)), Status::Warn);
+        assert_eq!(s(&[(Some(5), 10), (Some(9), 12), (Some(14), 11)], Some(1)), Status::Ok, "lag fell once");
+        assert_eq!(s(&[(Some(9), 10), (Some(5), 12)], Some(1)), Status::Rewind);
+        assert_eq!(s(&[(Some(5), 10)], Some(1)), Status::Ok, "one sample cannot tell movement");
+    }
+}

@@ -1,0 +1,123 @@
+//! `lag-tuner explain` on a real broker: per-partition offsets, lag, the policy for partitions
+//! without commits, Burrow-style statuses from offsets moving (or not) between samples, and
+//! what the HPA will compute.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{commit, produce};
+use lag_adapter::collector::Collector;
+use lag_adapter::explain::{Status, explain, render, sample};
+use lag_adapter::targets::TargetsFile;
+use lagscale_tests::{Broker, RunDir};
+
+const TARGETS: &str = "targets:
+- name: orders-lag
+  consumerGroup: billing
+  topics: [orders]
+  lagPerReplica: 100
+  uncommittedOffsetPolicy: earliest
+- name: rewound-lag
+  consumerGroup: rewinder
+  topics: [orders]
+  lagPerReplica: 100
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
+    let run = RunDir::new("explain").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    broker.create_topic("orders", 4).await.expect("topic");
+    produce(&broker, "orders", &[0, 1, 2, 3], 100).await;
+    // p0 caught up; p1 behind and never moving; p2 moving but falling behind; p3 never
+    // committed (counted from log-start: earliest).
+    commit(&broker, "billing", &[("orders", 0, 100), ("orders", 1, 40), ("orders", 2, 50)]);
+    commit(&broker, "rewinder", &[("orders", 0, 80)]);
+
+    let file = TargetsFile::parse(TARGETS, "test").expect("targets");
+    let target = Arc::new(file.targets[0].clone());
+    let rewound = Arc::new(file.targets[1].clone());
+    let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
+
+    // Between samples: more events on p1 and p2; p2's commit advances slower than its log.
+    let background = {
+        let mut committed = 50;
+        let run_for = Duration::from_millis(3200);
+        let started = std::time::Instant::now();
+        let broker = &broker;
+        async move {
+            while started.elapsed() < run_for {
+                produce(broker, "orders", &[1, 2], 20).await;
+                committed += 5;
+                commit(broker, "billing", &[("orders", 2, committed)]);
+                commit(broker, "rewinder", &[("orders", 0, 80 - (started.elapsed().as_millis() as i64 / 100))]);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    let mut rewound_collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
+    let (samples, rewound_samples, ()) = tokio::join!(
+        sample(&mut collector, &target, 4, Duration::from_secs(1)),
+        sample(&mut rewound_collector, &rewound, 3, Duration::from_secs(1)),
+        background
+    );
+    let samples = samples.expect("samples");
+    let e = explain(&target, &samples, Some(2), None).expect("explain");
+
+    let by = |p: i32| e.by_partition.iter().find(|x| x.partition == p).expect("partition");
+    assert_eq!((by(0).lag, by(0).status), (0, Status::Ok));
+    assert_eq!(by(1).committed, Some(40));
+    assert_eq!(by(1).status, Status::Stop, "lag, no commits, no member: {:?}", by(1));
+    assert_eq!(by(2).status, Status::Warn, "{:?}", by(2));
+    assert_eq!((by(3).committed, by(3).lag), (None, 100));
+    assert!(by(3).counted_as.contains("earliest"), "{:?}", by(3));
+    assert_eq!(e.total_lag, e.by_partition.iter().map(|p| p.lag).sum::<u64>());
+    assert_eq!(e.partitions, 4);
+    // 4 partitions x 100 per replica caps the served value; the HPA then wants 4.
+    assert!(e.total_lag > 400, "{}", e.total_lag);
+    assert_eq!((e.served.as_str(), e.uncapped_replicas > 4), ("400", true));
+    assert_eq!((e.hpa.current_replicas, e.hpa.desired_replicas, e.hpa.within_tolerance), (2, 4, false));
+    let text = render(&e);
+    eprintln!("{text}");
+    for needle in ["STOP", "WARN", "earliest", "capped at partitions", "asks for 4 replicas"] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+
+    // The rewinder's committed offset went backwards between samples.
+    let r = explain(&rewound, &rewound_samples.expect("samples"), None, None).expect("explain");
+    assert_eq!(r.by_partition.iter().find(|p| p.partition == 0).map(|p| p.status), Some(Status::Rewind), "{r:?}");
+
+    // The command line, as an admin runs it.
+    let targets = run.path().join("targets.yaml");
+    std::fs::write(&targets, TARGETS).expect("write");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lag-tuner"))
+        .args([
+            "explain",
+            "rewound-lag",
+            "--bootstrap-servers",
+            &broker.bootstrap(),
+            "--samples",
+            "2",
+            "--interval",
+            "200ms",
+        ])
+        .arg("--targets-file")
+        .arg(&targets)
+        .arg("--json")
+        .output()
+        .await
+        .expect("lag-tuner");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["consumer_group"], "rewinder");
+    let unknown = tokio::process::Command::new(env!("CARGO_BIN_EXE_lag-tuner"))
+        .args(["explain", "nope", "--bootstrap-servers", &broker.bootstrap(), "--targets-file"])
+        .arg(&targets)
+        .output()
+        .await
+        .expect("lag-tuner");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no target \"nope\""));
+}
