@@ -28,7 +28,7 @@ use crate::collector::Collector;
 use crate::error::KafkaError;
 use crate::hpa::{Controller, Spec, Stabilization, TargetType};
 use crate::lag::{CapApplied, OffsetPolicy};
-use crate::snapshot::{Histories, Snapshot};
+use crate::snapshot::{Histories, PartitionLag, Snapshot};
 use crate::targets::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,15 +41,12 @@ pub enum Status {
     Rewind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PartitionView {
     pub topic: String,
-    pub partition: i32,
-    pub committed: Option<i64>,
-    pub log_start: i64,
-    pub log_end: i64,
-    pub lag: u64,
-    pub lag_seconds: f64,
+    /// Offsets and lag, as the adapter computed them.
+    #[serde(flatten)]
+    pub offsets: PartitionLag,
     /// How the lag was counted when the committed offset alone does not say.
     pub counted_as: &'static str,
     pub status: Status,
@@ -68,7 +65,7 @@ pub struct HpaView {
     pub clamped_to: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
     pub target: String,
     pub consumer_group: String,
@@ -184,18 +181,7 @@ pub fn explain(
                 Some(c) if c > p.log_end => "commit above log-end: 0",
                 Some(_) => "log-end - committed",
             };
-            by_partition.push(PartitionView {
-                topic: topic.clone(),
-                partition: p.partition,
-                committed: p.committed,
-                log_start: p.log_start,
-                log_end: p.log_end,
-                lag: p.lag,
-                lag_seconds: p.lag_seconds,
-                counted_as,
-                status,
-                reason,
-            });
+            by_partition.push(PartitionView { topic: topic.clone(), offsets: p.clone(), counted_as, status, reason });
         }
     }
     let current = replicas.or(last.members).unwrap_or(1).max(1);
@@ -256,19 +242,20 @@ pub fn render(e: &Explanation) -> String {
         "\n{:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>9}  {:<6} {}\n",
         "topic", "part", "committed", "log-start", "log-end", "lag", "lag s", "status", "why"
     ));
-    for p in &e.by_partition {
+    for view in &e.by_partition {
+        let p = &view.offsets;
         out.push_str(&format!(
             "{:<24} {:>4} {:>12} {:>12} {:>12} {:>10} {:>9.1}  {:<6} {}{}\n",
-            p.topic,
+            view.topic,
             p.partition,
             p.committed.map_or_else(|| "-".to_owned(), |c| c.to_string()),
             p.log_start,
             p.log_end,
             p.lag,
             p.lag_seconds,
-            format!("{:?}", p.status).to_uppercase(),
-            p.reason,
-            if p.counted_as == "log-end - committed" { String::new() } else { format!(" [{}]", p.counted_as) }
+            format!("{:?}", view.status).to_uppercase(),
+            view.reason,
+            if view.counted_as == "log-end - committed" { String::new() } else { format!(" [{}]", view.counted_as) }
         ));
     }
     let cap = match e.cap {

@@ -66,14 +66,14 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     let samples = samples.expect("samples");
     let e = explain(&target, &samples, Some(2), None).expect("explain");
 
-    let by = |p: i32| e.by_partition.iter().find(|x| x.partition == p).expect("partition");
-    assert_eq!((by(0).lag, by(0).status), (0, Status::Ok));
-    assert_eq!(by(1).committed, Some(40));
+    let by = |p: i32| e.by_partition.iter().find(|x| x.offsets.partition == p).expect("partition");
+    assert_eq!((by(0).offsets.lag, by(0).status), (0, Status::Ok));
+    assert_eq!(by(1).offsets.committed, Some(40));
     assert_eq!(by(1).status, Status::Stop, "lag, no commits, no member: {:?}", by(1));
     assert_eq!(by(2).status, Status::Warn, "{:?}", by(2));
-    assert_eq!((by(3).committed, by(3).lag), (None, 100));
+    assert_eq!((by(3).offsets.committed, by(3).offsets.lag), (None, 100));
     assert!(by(3).counted_as.contains("earliest"), "{:?}", by(3));
-    assert_eq!(e.total_lag, e.by_partition.iter().map(|p| p.lag).sum::<u64>());
+    assert_eq!(e.total_lag, e.by_partition.iter().map(|p| p.offsets.lag).sum::<u64>());
     assert_eq!(e.partitions, 4);
     // 4 partitions x 100 per replica caps the served value; the HPA then wants 4.
     assert!(e.total_lag > 400, "{}", e.total_lag);
@@ -87,7 +87,8 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
 
     // The rewinder's committed offset went backwards between samples.
     let r = explain(&rewound, &rewound_samples.expect("samples"), None, None).expect("explain");
-    assert_eq!(r.by_partition.iter().find(|p| p.partition == 0).map(|p| p.status), Some(Status::Rewind), "{r:?}");
+    let p0 = r.by_partition.iter().find(|p| p.offsets.partition == 0).map(|p| p.status);
+    assert_eq!(p0, Some(Status::Rewind), "{r:?}");
 
     // The command line, as an admin runs it.
     let targets = run.path().join("targets.yaml");

@@ -122,3 +122,32 @@ impl Mongod {
         self.wait_ready().await
     }
 }
+
+/// The pipeline's event collections.
+pub const EVENT_COLLECTIONS: [&str; 2] = ["gpu_metrics", "token_usage"];
+
+/// Documents in the two event collections of `db`.
+pub async fn event_count(db: &mongodb::Database) -> Result<u64> {
+    let mut total = 0;
+    for c in EVENT_COLLECTIONS {
+        total += db.collection::<Document>(c).count_documents(doc! {}).await?;
+    }
+    Ok(total)
+}
+
+/// Every `_id` in the two event collections of `db`; an `_id` seen twice is an error (it
+/// cannot happen within one collection, so it would be an event written into both).
+pub async fn event_ids(db: &mongodb::Database) -> Result<std::collections::HashSet<String>> {
+    use futures::TryStreamExt;
+    let mut stored = std::collections::HashSet::new();
+    for c in EVENT_COLLECTIONS {
+        let mut cursor = db.collection::<Document>(c).find(doc! {}).projection(doc! { "_id": 1 }).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let id = d.get_str("_id").map_err(|e| Error::Other(format!("{c}: _id: {e}")))?.to_owned();
+            if !stored.insert(id.clone()) {
+                return Err(Error::Other(format!("event {id} stored twice")));
+            }
+        }
+    }
+    Ok(stored)
+}

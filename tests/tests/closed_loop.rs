@@ -343,26 +343,15 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
 }
 
 async fn stored_ids(db: &mongodb::Database, n: u64) -> HashSet<String> {
-    use futures::TryStreamExt;
-    use mongodb::bson::{Document, doc};
+    use lagscale_tests::mongo::{event_count, event_ids};
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut total = 0;
-        for c in ["gpu_metrics", "token_usage"] {
-            total += db.collection::<Document>(c).count_documents(doc! {}).await.expect("count");
-        }
+        let total = event_count(db).await.expect("count");
         if total >= n {
             break;
         }
         assert!(Instant::now() < deadline, "{total} of {n} events projected");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut stored = HashSet::new();
-    for c in ["gpu_metrics", "token_usage"] {
-        let mut cursor = db.collection::<Document>(c).find(doc! {}).projection(doc! { "_id": 1 }).await.expect("find");
-        while let Some(d) = cursor.try_next().await.expect("cursor") {
-            assert!(stored.insert(d.get_str("_id").expect("_id").to_owned()), "stored once");
-        }
-    }
-    stored
+    event_ids(db).await.expect("every event once")
 }

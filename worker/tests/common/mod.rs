@@ -5,11 +5,9 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use lagscale_tests::net::free_port;
 use lagscale_tests::process::ServiceProcess;
 use lagscale_tests::{Broker, Mongod, RunDir};
-use mongodb::bson::{Document, doc};
 
 pub struct Worker {
     pub process: ServiceProcess,
@@ -67,23 +65,12 @@ pub fn metric(text: &str, name: &str) -> f64 {
 }
 
 pub async fn count(db: &mongodb::Database) -> u64 {
-    let mut total = 0;
-    for c in ["gpu_metrics", "token_usage"] {
-        total += db.collection::<Document>(c).count_documents(doc! {}).await.expect("count");
-    }
-    total
+    lagscale_tests::mongo::event_count(db).await.expect("count")
 }
 
 /// Every `_id` in both event collections; panics on a duplicate.
 pub async fn stored_ids(db: &mongodb::Database) -> HashSet<String> {
-    let mut stored = HashSet::new();
-    for c in ["gpu_metrics", "token_usage"] {
-        let mut cursor = db.collection::<Document>(c).find(doc! {}).projection(doc! { "_id": 1 }).await.expect("find");
-        while let Some(d) = cursor.try_next().await.expect("cursor") {
-            assert!(stored.insert(d.get_str("_id").expect("_id").to_owned()), "stored once");
-        }
-    }
-    stored
+    lagscale_tests::mongo::event_ids(db).await.expect("event ids, each once")
 }
 
 /// The valid event ids the producer delivered.
