@@ -178,3 +178,9 @@ pub fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
         Err(Error::Other(format!("{} not built (run `cargo build --workspace --bins` first)", path.display())))
     }
 }
+
+/// The event ids in an `event-producer --ids-file` (`topic<TAB>event_id` per delivered event).
+pub fn produced_ids(path: &Path) -> Result<std::collections::HashSet<String>> {
+    let text = std::fs::read_to_string(path).ctx(|| format!("read {}", path.display()))?;
+    Ok(text.lines().filter_map(|l| l.split('\t').nth(1)).map(str::to_owned).collect())
+}

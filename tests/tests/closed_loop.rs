@@ -294,12 +294,7 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
 
     // Every event exactly once.
     let db = pipeline.mongod.client().await.expect("client").database("pipeline");
-    let expected: HashSet<String> = std::fs::read_to_string(&ids)
-        .expect("ids")
-        .lines()
-        .filter_map(|l| l.split('\t').nth(1))
-        .map(str::to_owned)
-        .collect();
+    let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
     assert!(expected.len() > 100_000, "{} events", expected.len());
     let stored = stored_ids(&db, expected.len() as u64).await;
     assert_eq!(stored, expected, "every event in MongoDB exactly once");

@@ -55,12 +55,7 @@ async fn exactly_once_across_scaling_with_recreate_rebalances() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
     let malformed = summary["malformed"].as_u64().expect("malformed");
-    let expected: HashSet<String> = std::fs::read_to_string(&ids)
-        .expect("ids")
-        .lines()
-        .filter_map(|l| l.split('\t').nth(1))
-        .map(str::to_owned)
-        .collect();
+    let expected = common::produced_ids(&ids);
     assert_eq!(expected.len() as u64, 12_000 - malformed);
 
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -75,12 +75,7 @@ pub async fn stored_ids(db: &mongodb::Database) -> HashSet<String> {
 
 /// The valid event ids the producer delivered.
 pub fn produced_ids(path: &std::path::Path) -> HashSet<String> {
-    std::fs::read_to_string(path)
-        .expect("ids")
-        .lines()
-        .filter_map(|l| l.split('\t').nth(1))
-        .map(str::to_owned)
-        .collect()
+    lagscale_tests::pipeline::produced_ids(path).expect("ids file")
 }
 
 /// Waits until MongoDB holds `n` events.
