@@ -391,8 +391,27 @@ async fn health(State(state): State<ApiState>, RawQuery(query): RawQuery, probe:
 }
 
 /// The metrics endpoint, served on its own plain-HTTP port.
+/// `/record/{target}?format=csv|jsonl`: what was served for `target` (see `record`).
+async fn record(State(s): State<ApiState>, Path(target): Path<String>, RawQuery(query): RawQuery) -> Response {
+    let format =
+        query.as_deref().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("format=")).unwrap_or("csv").to_owned();
+    let Some(points) = s.shared.recorder.points(&target) else {
+        return Status::not_found(target.clone(), format!("no scaling target {target:?} has been recorded"))
+            .into_response();
+    };
+    let (body, kind) = match format.as_str() {
+        "csv" => (crate::record::csv(&points), "text/csv; charset=utf-8"),
+        "jsonl" => (crate::record::jsonl(&points), "application/jsonl"),
+        other => return Status::bad_request(format!("format {other:?}: expected csv or jsonl")).into_response(),
+    };
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
 pub fn metrics_router(state: ApiState) -> Router {
     Router::new()
+        .route("/record/{target}", get(record))
         .route(
             "/metrics",
             get(|State(s): State<ApiState>| async move {

@@ -98,6 +98,15 @@ pub struct Config {
     #[arg(long, env = "LAGSCALE_HISTORY_POINTS", default_value_t = 60)]
     pub history_points: usize,
 
+    /// Points kept per scaling target for `lag-tuner record` (one per poll).
+    #[arg(long, env = "LAGSCALE_RECORD_POINTS", default_value_t = crate::record::DEFAULT_POINTS)]
+    pub record_points: usize,
+
+    /// How often the replicas of the HPAs scaling on each target are read from the cluster for
+    /// the record (only with a cluster to read: see --kubeconfig).
+    #[arg(long, env = "LAGSCALE_RECORD_REPLICAS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub record_replicas_interval: Duration,
+
     /// kubeconfig for the delegated TokenReview and SubjectAccessReview calls and for reading
     /// kube-system/extension-apiserver-authentication; default: in-cluster service account.
     #[arg(long, env = "KUBECONFIG")]

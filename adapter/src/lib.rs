@@ -23,6 +23,7 @@ pub mod lag;
 pub mod metrics;
 pub mod poller;
 pub mod quantity;
+pub mod record;
 pub mod selector;
 pub mod server;
 pub mod simulate;

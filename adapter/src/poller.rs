@@ -18,6 +18,8 @@ use crate::targets::{Target, TargetsFile};
 /// What the API and the health checks read.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// What was served, kept for `lag-tuner record`.
+    pub recorder: Arc<crate::record::Recorder>,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     targets: RwLock<Arc<Vec<Arc<Target>>>>,
     status: Mutex<PollStatus>,
@@ -32,7 +34,12 @@ pub struct PollStatus {
 
 impl Shared {
     pub fn new(targets: Vec<Target>) -> Self {
-        let shared = Self::default();
+        Self::with_record_points(targets, crate::record::DEFAULT_POINTS)
+    }
+
+    /// Keeping `points` recorded points per target.
+    pub fn with_record_points(targets: Vec<Target>, points: usize) -> Self {
+        let shared = Self { recorder: Arc::new(crate::record::Recorder::new(points)), ..Self::default() };
         shared.set_targets(targets);
         shared
     }
@@ -121,6 +128,7 @@ pub async fn run(
                     Ok((snapshot, kept)) => {
                         histories = kept;
                         metrics.publish(&snapshot);
+                        shared.recorder.push(&snapshot);
                         shared.publish(snapshot);
                         shared.record(None);
                     }

@@ -36,7 +36,7 @@ pub async fn run(
         None => Vec::new(),
     };
     let metrics = Metrics::new();
-    let shared = Arc::new(Shared::new(targets));
+    let shared = Arc::new(Shared::with_record_points(targets, config.record_points));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let collector = Collector::new(config.bootstrap_servers.clone(), config.kafka_timeout);
@@ -50,15 +50,32 @@ pub async fn run(
     let poller =
         tokio::spawn(poller::run(Arc::clone(&shared), collector, poller_config, metrics.clone(), stop_rx.clone()));
 
-    let delegation = if config.insecure_no_auth {
-        tracing::warn!(listen = %config.listen, "serving WITHOUT authentication or authorization (--insecure-no-auth)");
-        None
+    // The cluster: for delegation, and for the replica counts `record` keeps. Without
+    // delegation it is used only when a kubeconfig was given.
+    let client = if !config.insecure_no_auth || config.kubeconfig.is_some() {
+        Some(delegation::client(config.kubeconfig.as_deref()).await?)
     } else {
-        let client = delegation::client(config.kubeconfig.as_deref()).await?;
-        let d = Arc::new(Delegation::start(client, config.auth_cache_ttl, metrics.clone()).await?);
-        tokio::spawn(Arc::clone(&d).follow(config.auth_config_refresh, stop_rx.clone()));
-        Some(d)
+        None
     };
+    let delegation = match (&client, config.insecure_no_auth) {
+        (_, true) | (None, _) => {
+            tracing::warn!(listen = %config.listen, "serving WITHOUT authentication or authorization (--insecure-no-auth)");
+            None
+        }
+        (Some(client), false) => {
+            let d = Arc::new(Delegation::start(client.clone(), config.auth_cache_ttl, metrics.clone()).await?);
+            tokio::spawn(Arc::clone(&d).follow(config.auth_config_refresh, stop_rx.clone()));
+            Some(d)
+        }
+    };
+    if let Some(client) = client {
+        tokio::spawn(crate::record::follow_replicas(
+            client,
+            Arc::clone(&shared.recorder),
+            config.record_replicas_interval.max(Duration::from_secs(1)),
+            stop_rx.clone(),
+        ));
+    }
     let client_auth: tls::ClientAuth =
         delegation.as_ref().map(|d| Arc::clone(&d.client_certificates) as Arc<dyn ClientCertVerifier>);
 

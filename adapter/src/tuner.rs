@@ -31,6 +31,29 @@ pub enum Command {
     /// Why a scaling target serves what it serves: per partition offsets, lag, policy, status,
     /// and what the HPA will compute.
     Explain(ExplainArgs),
+    /// Export what a running adapter served for a target (kept in memory, one point per poll)
+    /// as CSV (`seconds,lag,replicas,...`, what `simulate --lag-file` reads) or JSON lines.
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RecordFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The scaling target's name.
+    pub target: String,
+    /// The adapter's metrics address (e.g. after `kubectl -n pipeline port-forward svc/lag-adapter 9102`).
+    #[arg(long = "from", env = "LAGSCALE_ADAPTER_METRICS_URL", default_value = "http://127.0.0.1:9102")]
+    pub from: String,
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: RecordFormat,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +257,37 @@ pub fn table(outcomes: &[Outcome]) -> String {
     out
 }
 
+/// Runs `record`; returns what to print (nothing when written to `--output`).
+pub async fn record(args: &RecordArgs) -> Result<String, TunerError> {
+    let format = match args.format {
+        RecordFormat::Csv => "csv",
+        RecordFormat::Jsonl => "jsonl",
+    };
+    let url = format!("{}/record/{}?format={format}", args.from.trim_end_matches('/'), args.target);
+    let fail = |e: String| TunerError::Invalid(format!("GET {url}: {e}"));
+    crate::tls::install_crypto_provider();
+    let client =
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| fail(e.to_string()))?;
+    let response = client.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| fail(e.to_string()))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        return Err(fail(format!("{status}: {message}")));
+    }
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &body)
+                .map_err(|source| TunerError::Write { path: path.display().to_string(), source })?;
+            Ok(String::new())
+        }
+        None => Ok(body),
+    }
+}
+
 /// Runs `explain`; returns what to print.
 pub async fn explain(args: &ExplainArgs) -> Result<String, TunerError> {
     let file = crate::targets::TargetsFile::load(&args.targets_file).map_err(|e| TunerError::Invalid(e.to_string()))?;
@@ -335,7 +389,7 @@ mod tests {
         all.extend_from_slice(extra);
         match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
             Command::Simulate(a) => Ok(a),
-            Command::Explain(_) => Err("not simulate".into()),
+            Command::Explain(_) | Command::Record(_) => Err("not simulate".into()),
         }
     }
 

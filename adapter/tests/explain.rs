@@ -122,3 +122,62 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no target \"nope\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_what_was_served_and_exports_it_for_simulate() {
+    let run = RunDir::new("record").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    broker.create_topic("orders", 2).await.expect("topic");
+    produce(&broker, "orders", &[0, 1], 50).await;
+    commit(&broker, "billing", &[("orders", 0, 10), ("orders", 1, 20)]);
+    let targets = run.path().join("targets.yaml");
+    std::fs::write(&targets, TARGETS).expect("write");
+    let adapter =
+        common::Adapter::start(&broker.bootstrap(), &["--targets-file", targets.to_str().expect("utf8")]).await;
+    let from = format!("http://{}", adapter.metrics);
+
+    // A few polls (every 200 ms), then the series: lag 40 + 30, and no member in the group.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let csv =
+        reqwest::get(format!("{from}/record/orders-lag?format=csv")).await.expect("get").text().await.expect("text");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time");
+    assert!(lines.len() >= 4, "{csv}");
+    assert!(lines[1].starts_with("0.0,70,0,70,0,"), "{csv}");
+    let jsonl =
+        reqwest::get(format!("{from}/record/orders-lag?format=jsonl")).await.expect("get").text().await.expect("text");
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().expect("a line")).expect("json");
+    assert_eq!(
+        (first["partitions"]["orders"]["0"].as_u64(), first["partitions"]["orders"]["1"].as_u64()),
+        (Some(40), Some(30))
+    );
+    let bad = reqwest::get(format!("{from}/record/orders-lag?format=xml")).await.expect("get");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(reqwest::get(format!("{from}/record/nope")).await.expect("get").status().as_u16(), 404);
+
+    // The command line saves it, and simulate replays it.
+    let saved = run.path().join("recorded.csv");
+    let tuner = env!("CARGO_BIN_EXE_lag-tuner");
+    let out = tokio::process::Command::new(tuner)
+        .args(["record", "orders-lag", "--from", &from, "--output"])
+        .arg(&saved)
+        .output()
+        .await
+        .expect("record");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(&saved).expect("saved").lines().count() >= 4);
+    let hpa = concat!(env!("CARGO_MANIFEST_DIR"), "/../hpa/hpa.yaml");
+    let out = tokio::process::Command::new(tuner)
+        .args(["simulate", "--hpa", hpa, "--duration", "2m", "--lag-file"])
+        .arg(&saved)
+        .output()
+        .await
+        .expect("simulate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("conservative"));
+    let out =
+        tokio::process::Command::new(tuner).args(["record", "nope", "--from", &from]).output().await.expect("record");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
+    adapter.stop().await;
+}

@@ -163,6 +163,14 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
         .expect("cert")
         .write(&run.sub("adapter-tls").expect("dir"), "serving")
         .expect("write");
+    let cluster = ControlPlane::start(
+        &run,
+        ControlPlaneOptions { controller_manager: true, hpa_sync_period: Duration::from_secs(2) },
+    )
+    .await
+    .expect("control plane");
+    // The adapter reads the HPA's replicas from the cluster for its record (admin
+    // kubeconfig; authentication stays off here: tests/security.rs covers it).
     let pipeline = Pipeline::start(
         &run,
         &PipelineOptions {
@@ -176,6 +184,8 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
                 .iter()
                 .map(OsString::from)
                 .chain([cert.into_os_string(), "--tls-key-file".into(), key.into_os_string()])
+                .chain(["--kubeconfig".into(), cluster.kubeconfig().as_os_str().to_owned()])
+                .chain(["--record-replicas-interval".into(), "2s".into()])
                 .collect(),
             adapter_kubeconfig: None,
         },
@@ -183,13 +193,6 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     .await
     .expect("pipeline");
     let adapter_port = pipeline.adapter_api;
-
-    let cluster = ControlPlane::start(
-        &run,
-        ControlPlaneOptions { controller_manager: true, hpa_sync_period: Duration::from_secs(2) },
-    )
-    .await
-    .expect("control plane");
 
     // From deploy/: the namespace, the worker's ConfigMap, ServiceAccount and Deployment, the
     // HPA controller's RBAC, and the APIService, pointed at the local adapter through an
@@ -326,6 +329,18 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     for (name, seen, expected) in &kubelet.checked {
         assert_eq!(*seen, *expected as f64, "{name}: reconfigurations vs membership changes it saw");
     }
+    // The adapter recorded what it served with the HPA's replicas beside it.
+    let record = lagscale_tests::net::http_get(pipeline.adapter_metrics, "/record/projection-worker-lag?format=csv")
+        .expect("record")
+        .1;
+    let recorded: Vec<i32> = record
+        .lines()
+        .skip_while(|l| !l.starts_with("seconds,"))
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(2)?.parse().ok())
+        .collect();
+    assert!(recorded.iter().any(|r| *r > 2), "the scale-up is in the record: {recorded:?}");
+    assert_eq!(recorded.last(), Some(&2), "{record}");
     let status = cluster
         .kubectl(&[
             "get",

@@ -1,7 +1,7 @@
 //! lag-tuner: see `lag_adapter::tuner`.
 
 use clap::Parser;
-use lag_adapter::tuner::{Cli, Command, explain, simulate};
+use lag_adapter::tuner::{Cli, Command, explain, record, simulate};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
@@ -9,6 +9,7 @@ async fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Simulate(args) => simulate(args),
         Command::Explain(args) => explain(args).await,
+        Command::Record(args) => record(args).await,
     };
     match result {
         Ok(text) => {

@@ -1,0 +1,206 @@
+//! What the adapter served, kept: per scaling target, a bounded time series of the served value,
+//! the total lag, the lag of every partition and the replica count. The replica count comes
+//! from the HPAs that scale on the target (read from the cluster when the adapter can), else
+//! from the group's members.
+//!
+//! `GET /record/{target}?format=csv|jsonl` on the metrics port exports it, and `lag-tuner
+//! record` saves it. The CSV's first three columns (`seconds,lag,replicas`) are what
+//! `lag-tuner simulate --lag-file` reads.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::snapshot::Snapshot;
+
+/// 12 hours at the default 5 s poll interval.
+pub const DEFAULT_POINTS: usize = 8640;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    /// Unix time of the collection cycle.
+    pub at: f64,
+    /// The value served to the HPA (after the cap).
+    pub served: f64,
+    pub total_lag: u64,
+    pub members: Option<u32>,
+    /// The HPA's current replicas, when known from the cluster.
+    pub replicas: Option<u32>,
+    /// topic -> partition -> lag.
+    pub partitions: BTreeMap<String, BTreeMap<i32, u64>>,
+}
+
+#[derive(Debug)]
+pub struct Recorder {
+    capacity: usize,
+    series: Mutex<HashMap<String, VecDeque<Point>>>,
+    /// target -> replicas, from the HPAs scaling on it.
+    replicas: RwLock<HashMap<String, u32>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new(DEFAULT_POINTS)
+    }
+}
+
+impl Recorder {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), series: Mutex::new(HashMap::new()), replicas: RwLock::new(HashMap::new()) }
+    }
+
+    /// Appends one point per target of `snapshot`; targets no longer configured are dropped.
+    pub fn push(&self, snapshot: &Snapshot) {
+        let at = snapshot.collected_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let replicas = self.replicas.read().map(|r| r.clone()).unwrap_or_default();
+        let Ok(mut series) = self.series.lock() else { return };
+        series.retain(|name, _| snapshot.targets.contains_key(name));
+        for (name, t) in &snapshot.targets {
+            let point = Point {
+                at,
+                served: t.value.value.as_f64(),
+                total_lag: t.total_lag,
+                members: t.members,
+                replicas: replicas.get(name).copied(),
+                partitions: t
+                    .topics
+                    .iter()
+                    .map(|(topic, lag)| (topic.clone(), lag.partitions.iter().map(|p| (p.partition, p.lag)).collect()))
+                    .collect(),
+            };
+            let points = series.entry(name.clone()).or_default();
+            if points.len() == self.capacity {
+                points.pop_front();
+            }
+            points.push_back(point);
+        }
+    }
+
+    pub fn set_replicas(&self, replicas: HashMap<String, u32>) {
+        if let Ok(mut r) = self.replicas.write() {
+            *r = replicas;
+        }
+    }
+
+    /// The series of `target`, oldest first (`None`: no such target recorded).
+    pub fn points(&self, target: &str) -> Option<Vec<Point>> {
+        self.series.lock().ok()?.get(target).map(|p| p.iter().cloned().collect())
+    }
+}
+
+/// `seconds,lag,replicas,served,members,unix_time`: seconds from the first point; replicas
+/// from the cluster, else the members, else empty.
+pub fn csv(points: &[Point]) -> String {
+    let start = points.first().map_or(0.0, |p| p.at);
+    let mut out = String::from("seconds,lag,replicas,served,members,unix_time\n");
+    for p in points {
+        let replicas = p.replicas.or(p.members).map_or_else(String::new, |r| r.to_string());
+        let members = p.members.map_or_else(String::new, |m| m.to_string());
+        out.push_str(&format!("{:.1},{},{replicas},{},{members},{:.3}\n", p.at - start, p.total_lag, p.served, p.at));
+    }
+    out
+}
+
+/// One JSON object per point, with the per-partition lags.
+pub fn jsonl(points: &[Point]) -> String {
+    let mut out = String::new();
+    for p in points {
+        if let Ok(line) = serde_json::to_string(p) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The replicas of every HPA whose External metric is a target's name, from the cluster:
+/// `autoscaling/v2`, or `v2beta2` on clusters before 1.23.
+pub async fn hpa_replicas(client: &kube::Client) -> Result<HashMap<String, u32>, kube::Error> {
+    let list = |version: &str| {
+        let request =
+            http::Request::get(format!("/apis/autoscaling/{version}/horizontalpodautoscalers")).body(Vec::new());
+        async move { client.request::<serde_json::Value>(request.map_err(kube::Error::HttpError)?).await }
+    };
+    let list = match list("v2").await {
+        Ok(list) => list,
+        Err(_) => list("v2beta2").await?,
+    };
+    Ok(replicas_by_metric(&list))
+}
+
+fn replicas_by_metric(list: &serde_json::Value) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for hpa in list["items"].as_array().into_iter().flatten() {
+        let Some(current) = hpa["status"]["currentReplicas"].as_u64().and_then(|r| u32::try_from(r).ok()) else {
+            continue;
+        };
+        for m in hpa["spec"]["metrics"].as_array().into_iter().flatten() {
+            if let Some(name) = m["external"]["metric"]["name"].as_str() {
+                *out.entry(name.to_owned()).or_insert(0) += current;
+            }
+        }
+    }
+    out
+}
+
+/// Keeps the recorder's replica counts current until `stop`.
+pub async fn follow_replicas(
+    client: kube::Client,
+    recorder: Arc<Recorder>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match hpa_replicas(&client).await {
+            Ok(r) => recorder.set_replicas(r),
+            Err(e) => tracing::debug!(error = %e, "HPA replicas not readable; recording group members instead"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(at: f64, lag: u64, members: Option<u32>, replicas: Option<u32>) -> Point {
+        Point {
+            at,
+            served: lag as f64,
+            total_lag: lag,
+            members,
+            replicas,
+            partitions: BTreeMap::from([("orders".to_owned(), BTreeMap::from([(0, lag)]))]),
+        }
+    }
+
+    #[test]
+    fn csv_starts_at_zero_and_prefers_the_clusters_replicas() {
+        let text =
+            csv(&[point(100.0, 5, Some(2), None), point(105.0, 7, Some(2), Some(3)), point(110.0, 9, None, None)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time");
+        assert_eq!(lines[1], "0.0,5,2,5,2,100.000");
+        assert_eq!(lines[2], "5.0,7,3,7,2,105.000");
+        assert_eq!(lines[3], "10.0,9,,9,,110.000");
+        let json: serde_json::Value = serde_json::from_str(jsonl(&[point(1.0, 4, None, None)]).trim()).expect("json");
+        assert_eq!(json["partitions"]["orders"]["0"], 4);
+    }
+
+    #[test]
+    fn hpas_are_matched_by_their_external_metric() {
+        let list = serde_json::json!({"items": [
+            {"spec": {"metrics": [{"type": "External", "external": {"metric": {"name": "lag-a"}}}]}, "status": {"currentReplicas": 3}},
+            {"spec": {"metrics": [{"type": "Resource", "resource": {"name": "cpu"}}]}, "status": {"currentReplicas": 9}},
+            {"spec": {"metrics": [{"type": "External", "external": {"metric": {"name": "lag-b"}}}]}, "status": {}},
+        ]});
+        assert_eq!(replicas_by_metric(&list), HashMap::from([("lag-a".to_owned(), 3)]));
+    }
+}
