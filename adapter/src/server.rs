@@ -16,6 +16,12 @@ use crate::targets::TargetsFile;
 use crate::tls::{self, CertSource};
 use rustls::server::danger::ClientCertVerifier;
 
+/// How long a client may take to send a request's head.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted: Kubernetes' own limit is 1 MiB
+/// for the whole request; heads beyond 64 KiB are a client error (431).
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 /// Where a running adapter listens (ports resolved when 0 was asked for).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -111,9 +117,14 @@ pub async fn run(
     tracing::info!(api = %bound.api, metrics = %bound.metrics, "lag-adapter listening");
 
     let handle = axum_server::Handle::new();
-    let api_server = axum_server::from_tcp_rustls(api_listener, rustls)?
+    let mut api_server = axum_server::from_tcp_rustls(api_listener, rustls)?
         .handle(handle.clone())
-        .serve(api::router(state.clone(), delegation).into_make_service());
+        // A connection that never completes a request is closed (slow or idle clients must
+        // not hold sockets and memory forever); the TLS handshake has its own 10 s bound.
+        .first_request_timeout(CLIENT_TIMEOUT);
+    api_server.http_builder().http1().header_read_timeout(CLIENT_TIMEOUT).max_buf_size(MAX_REQUEST_HEAD);
+    api_server.http_builder().http2().max_header_list_size(MAX_REQUEST_HEAD as u32).max_concurrent_streams(250);
+    let api_server = api_server.serve(api::router(state.clone(), delegation).into_make_service());
     let mut metrics_stop = stop_rx.clone();
     let metrics_server = axum::serve(metrics_listener, api::metrics_router(state)).with_graceful_shutdown(async move {
         let _ = metrics_stop.changed().await;
