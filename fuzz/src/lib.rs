@@ -1,0 +1,60 @@
+//! The properties the fuzz targets check, one function per parser of outside input. The
+//! targets call them with libFuzzer's inputs; `tests/tests/fuzz_corpus.rs` replays the
+//! committed corpora and every past finding through them in the normal test run.
+
+use lag_adapter::authz::Attributes;
+use lag_adapter::hpa::Spec;
+use lag_adapter::quantity::Quantity;
+use lag_adapter::selector::Selector;
+use lag_adapter::targets::{TargetsFile, is_valid_metric_name};
+use mongodb::bson::DateTime;
+use projection_worker::decode::{Coordinates, decode};
+use projection_worker::events::Kind;
+
+/// Label selectors: no panic; what parses prints back to something that parses the same.
+pub fn selector(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(selector) = Selector::parse(text) {
+        let printed = selector.to_string();
+        let again = Selector::parse(&printed).unwrap_or_else(|e| panic!("{printed:?} from {text:?}: {e}"));
+        assert_eq!(again.to_string(), printed, "printing is stable");
+    }
+}
+
+/// Quantities: parse, print, parse again gives the same value.
+pub fn quantity(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(q) = Quantity::parse(text) {
+        let printed = q.to_string();
+        let again = Quantity::parse(&printed).unwrap_or_else(|e| panic!("{printed:?} from {text:?}: {e}"));
+        assert_eq!(again.milli_value(), q.milli_value(), "{text:?} -> {printed:?}");
+    }
+}
+
+/// Metric names and request paths: a valid name is one path segment; the authorization
+/// attributes of a metric path name a namespace and a single-segment metric.
+pub fn metric_path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if is_valid_metric_name(text) {
+        assert!(!text.contains('/') && text != "." && text != "..", "{text:?}");
+    }
+    let path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{text}");
+    if let Attributes::Metric { namespace, metric } = Attributes::of("GET", &path) {
+        assert!(!namespace.is_empty() && !metric.is_empty() && !metric.contains('/'));
+    }
+}
+
+/// Kafka payloads: a document or a rejection with a reason, for either topic.
+pub fn event(data: &[u8]) {
+    let at = Coordinates { topic: "gpu_metrics", partition: 0, offset: 7 };
+    for kind in [Kind::GpuMetrics, Kind::TokenUsage] {
+        let _ = decode(kind, Some(data), at, 256 * 1024, DateTime::from_millis(0));
+    }
+}
+
+/// Configuration files: the adapter's scaling targets and lag-tuner's HPA manifests.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = TargetsFile::parse(text, "fuzz");
+    let _ = Spec::from_yaml("fuzz", text);
+}
