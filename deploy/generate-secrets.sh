@@ -3,6 +3,8 @@
 # git), keeping files that already exist (--force replaces them):
 #   mongo.env          MongoDB root user, a random password, and the workers' MONGODB_URI
 #   kafka-client.env   KAFKA_PROPERTIES for SASL/TLS clusters (empty: plaintext)
+#   kafka-ca.crt       the CA of the brokers' TLS certificates, when private (empty: none);
+#                      mounted at /etc/kafka-client/ca.crt, so ssl.ca.location=/etc/kafka-client/ca.crt
 #   adapter-ca.crt     a CA for the adapter's serving certificate (the APIService caBundle)
 #   adapter-tls.crt/.key  the serving certificate for lag-adapter.pipeline.svc, 1 year
 # Bring your own instead by writing these files yourself (e.g. from cert-manager, see README).
@@ -30,6 +32,7 @@ if need kafka-client.env; then
   echo "KAFKA_PROPERTIES=" > "$dir/kafka-client.env"
   echo "wrote $dir/kafka-client.env"
 fi
+[ -e "$dir/kafka-ca.crt" ] || { : > "$dir/kafka-ca.crt"; echo "wrote $dir/kafka-ca.crt (empty)"; }
 
 if need adapter-tls.crt || need adapter-tls.key || need adapter-ca.crt; then
   tmp=$(mktemp -d)

@@ -7,6 +7,7 @@
 #                    from ../shared/k8s when present, else built from Debian's source package
 #   kubernetes-validate 1.37.0 (PyPI) schema validation of the manifests
 #   pkg-config + libssl-dev (Debian), when missing: librdkafka's TLS/SASL
+#   socat + iproute2 (Debian), when missing: the broker behind TLS in the Kafka security tests
 # Every download is verified by SHA-256 and every cached binary is re-verified on each run.
 # Prints nothing but progress; writes "$LAGSCALE_TOOLS/env" for the harness and scripts.
 set -euo pipefail
@@ -178,6 +179,13 @@ install_build_deps() {
   fi
 }
 
+# The TLS broker fixture (tests/src/tls_kafka.rs): socat terminates TLS with OpenSSL and
+# relays into a network namespace made with iproute2's `ip netns`.
+install_tls_relay() {
+  command -v socat >/dev/null || apt_install socat
+  command -v ip >/dev/null || apt_install iproute2
+}
+
 # Schema validation of the manifests for current Kubernetes versions (bundled schemas, no
 # network at run time), in its own virtualenv.
 install_validate() {
@@ -196,8 +204,8 @@ install_validate() {
 want=${*:-all}
 for part in $want; do
   case $part in
-    all) install_build_deps; install_noida; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
-    kafka) install_noida ;;
+    all) install_build_deps; install_noida; install_tls_relay; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
+    kafka) install_noida; install_tls_relay ;;
     mongo) install_mongod ;;
     kube) install_etcd; install_kubectl; install_kube ;;
     validate) install_validate ;;

@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::error::KafkaError;
+use crate::kafka_security::KafkaSecurity;
 use crate::lag::Watermarks;
 use crate::wire::Connection;
 
@@ -54,6 +55,7 @@ pub struct GroupState {
 pub struct Collector {
     bootstrap: Vec<String>,
     timeout: Duration,
+    security: KafkaSecurity,
     brokers: BTreeMap<i32, String>,
     conns: HashMap<i32, Connection>,
     coordinators: HashMap<String, i32>,
@@ -69,11 +71,18 @@ impl Collector {
         Self {
             bootstrap,
             timeout: request_timeout,
+            security: KafkaSecurity::default(),
             brokers: BTreeMap::new(),
             conns: HashMap::new(),
             coordinators: HashMap::new(),
             requests: BTreeMap::new(),
         }
+    }
+
+    /// Connects with TLS and SASL as `security` says (plaintext without this).
+    pub fn with_security(mut self, security: KafkaSecurity) -> Self {
+        self.security = security;
+        self
     }
 
     /// Forgets connections and coordinators, e.g. after a failed cycle: the next cycle starts
@@ -88,53 +97,35 @@ impl Collector {
     }
 
     async fn conn(&mut self, broker: i32) -> Result<&mut Connection, KafkaError> {
+        if self.conns.get(&broker).is_some_and(Connection::session_expired) {
+            self.conns.remove(&broker);
+        }
         if !self.conns.contains_key(&broker) {
             let addr = self.brokers.get(&broker).ok_or(KafkaError::UnknownBroker { id: broker })?.clone();
-            let conn = Connection::connect(&addr, self.timeout).await?;
+            let conn = Connection::connect(&addr, self.timeout, &self.security).await?;
             self.count("ApiVersions");
             self.conns.insert(broker, conn);
         }
         self.conns.get_mut(&broker).ok_or(KafkaError::UnknownBroker { id: broker })
     }
 
-    /// Metadata from any known broker, else from the bootstrap list.
+    /// Metadata from any known broker, else from the bootstrap list. When all fail, the error
+    /// lists every attempt and takes its kind from the last one (so a TLS or SASL failure is
+    /// counted as such, not as a mere connect failure).
     async fn metadata(&mut self) -> Result<kafka_protocol::messages::MetadataResponse, KafkaError> {
-        let mut candidates: Vec<Option<i32>> = self.conns.keys().copied().map(Some).collect();
-        candidates.push(None);
         let mut tried = Vec::new();
-        for candidate in candidates {
-            let result = match candidate {
-                Some(id) => self.metadata_via(id).await,
-                None => self.metadata_via_bootstrap(&mut tried).await,
-            };
-            match result {
+        for id in self.conns.keys().copied().collect::<Vec<_>>() {
+            match self.metadata_via(id).await {
                 Ok(m) => return Ok(m),
                 Err(e) => {
-                    if let Some(id) = candidate {
-                        self.conns.remove(&id);
-                    }
-                    tried.push(e.to_string());
+                    self.conns.remove(&id);
+                    tried.push(e);
                 }
             }
         }
-        Err(KafkaError::NoBrokers { tried: tried.join("; ") })
-    }
-
-    async fn metadata_via(&mut self, id: i32) -> Result<kafka_protocol::messages::MetadataResponse, KafkaError> {
-        let conn = self.conn(id).await?;
-        let version = conn.version::<MetadataRequest>("Metadata", 12)?;
-        let response = conn.send(&metadata_request(version), version).await?;
-        self.count("Metadata");
-        Ok(response)
-    }
-
-    async fn metadata_via_bootstrap(
-        &mut self,
-        tried: &mut Vec<String>,
-    ) -> Result<kafka_protocol::messages::MetadataResponse, KafkaError> {
         for addr in self.bootstrap.clone() {
             let attempt = async {
-                let mut conn = Connection::connect(&addr, self.timeout).await?;
+                let mut conn = Connection::connect(&addr, self.timeout, &self.security).await?;
                 let version = conn.version::<MetadataRequest>("Metadata", 12)?;
                 conn.send(&metadata_request(version), version).await
             };
@@ -144,10 +135,21 @@ impl Collector {
                     self.count("Metadata");
                     return Ok(m);
                 }
-                Err(e) => tried.push(e.to_string()),
+                Err(e) => tried.push(e),
             }
         }
-        Err(KafkaError::NoBrokers { tried: tried.join("; ") })
+        Err(KafkaError::NoBrokers {
+            kind: tried.last().map_or("connect", KafkaError::kind),
+            tried: tried.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        })
+    }
+
+    async fn metadata_via(&mut self, id: i32) -> Result<kafka_protocol::messages::MetadataResponse, KafkaError> {
+        let conn = self.conn(id).await?;
+        let version = conn.version::<MetadataRequest>("Metadata", 12)?;
+        let response = conn.send(&metadata_request(version), version).await?;
+        self.count("Metadata");
+        Ok(response)
     }
 
     /// Runs one cycle. `target_groups` are always fetched (and described); `target_topics`
@@ -281,7 +283,7 @@ impl Collector {
             return Ok(());
         }
         let Some(&any) = self.brokers.keys().next() else {
-            return Err(KafkaError::NoBrokers { tried: "metadata listed no brokers".into() });
+            return Err(KafkaError::NoBrokers { tried: "metadata listed no brokers".into(), kind: "broker_error" });
         };
         let conn = self.conn(any).await?;
         let version = conn.version::<FindCoordinatorRequest>("FindCoordinator", 4)?;

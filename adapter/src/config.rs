@@ -54,6 +54,13 @@ pub struct Config {
     #[arg(long, env = "LAGSCALE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
+    /// librdkafka-style Kafka client property, KEY=VALUE, repeatable (env: comma-separated
+    /// KAFKA_PROPERTIES, the workers' Secret). The adapter uses security.protocol, sasl.* and
+    /// ssl.{ca,certificate,key}.location, ssl.endpoint.identification.algorithm; it ignores
+    /// the rest.
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub kafka_properties: Vec<crate::kafka_security::KafkaProperty>,
+
     /// Timeout of one Kafka request.
     #[arg(long, env = "LAGSCALE_KAFKA_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub kafka_timeout: Duration,

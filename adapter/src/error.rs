@@ -16,9 +16,13 @@ pub enum KafkaError {
     #[error("{api} is not supported by the broker at {addr}")]
     Unsupported { api: &'static str, addr: String },
     #[error("no broker reachable (tried {tried})")]
-    NoBrokers { tried: String },
+    NoBrokers { tried: String, kind: &'static str },
     #[error("broker {id} is not in the cluster metadata")]
     UnknownBroker { id: i32 },
+    #[error("TLS with {addr}: {message}")]
+    Tls { addr: String, message: String },
+    #[error("SASL {mechanism} authentication with {addr} failed: {message}")]
+    Auth { addr: String, mechanism: &'static str, message: String },
 }
 
 impl KafkaError {
@@ -29,12 +33,15 @@ impl KafkaError {
     /// A label for metrics: what kind of failure, never which broker or group.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Connect { .. } | Self::NoBrokers { .. } => "connect",
+            Self::Connect { .. } => "connect",
+            Self::NoBrokers { kind, .. } => kind,
             Self::Io { .. } => "io",
             Self::Timeout { .. } => "timeout",
             Self::Protocol { .. } => "protocol",
             Self::Broker { .. } | Self::UnknownBroker { .. } => "broker_error",
             Self::Unsupported { .. } => "unsupported",
+            Self::Tls { .. } => "tls",
+            Self::Auth { .. } => "authentication",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! lag-adapter: serves Kafka consumer-group lag through `external.metrics.k8s.io/v1beta1`.
 //!
 //! Data flows straight through the modules: [`collector`] (one batched cycle over the
-//! [`wire`]) -> [`snapshot`] (lag per group/topic/partition, with [`lag`] arithmetic and
+//! [`wire`], secured by [`kafka_security`] and [`scram`]) -> [`snapshot`] (lag per group/topic/partition, with [`lag`] arithmetic and
 //! [`history`] for seconds) -> [`poller`] (publishes immutable snapshots) -> [`api`] (answers
 //! from the latest snapshot; [`selector`], [`quantity`], [`status`]), behind [`delegation`]
 //! ([`authn`], [`authz`]: the cluster decides who may read what).
@@ -19,11 +19,13 @@ pub mod error;
 pub mod explain;
 pub mod history;
 pub mod hpa;
+pub mod kafka_security;
 pub mod lag;
 pub mod metrics;
 pub mod poller;
 pub mod quantity;
 pub mod record;
+pub mod scram;
 pub mod selector;
 pub mod server;
 pub mod simulate;

@@ -45,7 +45,12 @@ pub async fn run(
     let shared = Arc::new(Shared::with_record_points(targets, config.record_points));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let collector = Collector::new(config.bootstrap_servers.clone(), config.kafka_timeout);
+    let security = crate::kafka_security::KafkaSecurity::from_properties(&config.kafka_properties)?;
+    if !security.ignored.is_empty() {
+        tracing::info!(keys = ?security.ignored, "Kafka properties the adapter does not use (consumer or producer settings)");
+    }
+    tracing::info!(protocol = security.protocol(), sasl = ?security.sasl.as_ref().map(|s| s.mechanism.name()), "Kafka client security");
+    let collector = Collector::new(config.bootstrap_servers.clone(), config.kafka_timeout).with_security(security);
     let poller_config = PollerConfig {
         interval: config.poll_interval,
         cycle_timeout: config.cycle_timeout,

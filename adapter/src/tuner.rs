@@ -78,6 +78,9 @@ pub struct ExplainArgs {
     pub hpa: Option<PathBuf>,
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub kafka_timeout: Duration,
+    /// Kafka client property KEY=VALUE (TLS, SASL), as for lag-adapter.
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub kafka_properties: Vec<crate::kafka_security::KafkaProperty>,
     #[arg(long)]
     pub json: bool,
 }
@@ -304,7 +307,10 @@ pub async fn explain(args: &ExplainArgs) -> Result<String, TunerError> {
     if !(1..=100).contains(&args.samples) {
         return Err(TunerError::Invalid("--samples must be 1..100".into()));
     }
-    let mut collector = crate::collector::Collector::new(args.bootstrap_servers.clone(), args.kafka_timeout);
+    let security = crate::kafka_security::KafkaSecurity::from_properties(&args.kafka_properties)
+        .map_err(|e| TunerError::Invalid(e.to_string()))?;
+    let mut collector =
+        crate::collector::Collector::new(args.bootstrap_servers.clone(), args.kafka_timeout).with_security(security);
     let samples = crate::explain::sample(&mut collector, &target, args.samples, args.interval)
         .await
         .map_err(|e| TunerError::Invalid(e.to_string()))?;

@@ -172,6 +172,41 @@ subjects: [{kind: ServiceAccount, name: reader, namespace: default}]
     let plain = lagscale_tests::net::http_get(adapter.api.port(), "/livez");
     assert!(plain.as_ref().map_or(true, |(code, _)| *code != 200), "{plain:?}");
 
+    // A client CA added to kube-system/extension-apiserver-authentication is trusted after the
+    // next refresh, without a restart. (The apiserver's own controller merges CA bundles into
+    // that ConfigMap, so the addition stays.)
+    let team_ca = Ca::new("team-ca").expect("ca");
+    let carol = team_ca.issue(&Leaf::client("carol", &["system:masters"])).expect("carol");
+    match get(&client(Some(&carol)), &adapter, &metric_path, &[]).await {
+        Err(_) => {}
+        Ok((code, body)) => assert_eq!(code, 401, "carol's CA is not trusted yet: {body}"),
+    }
+    let changed_before = metric(&adapter.metrics_text().await, "lagscale_auth_config_loads_total{result=\"changed\"}");
+    let added = Instant::now();
+    loop {
+        let json = cluster
+            .kubectl(&["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "json"])
+            .expect("configmap");
+        let mut configmap: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let bundle = configmap["data"]["client-ca-file"].as_str().expect("client-ca-file").to_owned();
+        configmap["data"]["client-ca-file"] = format!("{}\n{}", bundle.trim_end(), team_ca.cert_pem()).into();
+        // A conflict means the controller rewrote it meanwhile: read and add again.
+        if cluster.kubectl_with_stdin(&["replace", "-f", "-"], Some(&configmap.to_string())).is_ok() {
+            break;
+        }
+        assert!(added.elapsed() < Duration::from_secs(15), "ConfigMap replaced");
+    }
+    loop {
+        if let Ok((200, _)) = get(&client(Some(&carol)), &adapter, &metric_path, &[]).await {
+            break;
+        }
+        assert!(added.elapsed() < Duration::from_secs(20), "carol trusted after a refresh");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("new client CA trusted {:?} after the ConfigMap change", added.elapsed());
+    let changed_after = metric(&adapter.metrics_text().await, "lagscale_auth_config_loads_total{result=\"changed\"}");
+    assert!(changed_after > changed_before, "the reload is counted as a change ({changed_before} -> {changed_after})");
+
     // The decisions are counted.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = adapter.metrics_text().await;

@@ -16,6 +16,23 @@ use crate::tools;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a Kafka client connects and with which settings: the plain broker or the TLS one.
+pub trait KafkaEndpoint {
+    fn bootstrap(&self) -> String;
+    /// Client settings (address, security, test-friendly group timeouts).
+    fn client_config(&self) -> ClientConfig;
+}
+
+impl KafkaEndpoint for Broker {
+    fn bootstrap(&self) -> String {
+        Broker::bootstrap(self)
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        Broker::client_config(self)
+    }
+}
+
 #[derive(Debug)]
 pub struct Broker {
     process: ServiceProcess,
@@ -150,7 +167,7 @@ impl Broker {
 }
 
 /// One metadata request: the readiness probe of either broker.
-async fn fetch_metadata(config: ClientConfig) -> std::result::Result<(), String> {
+pub(crate) async fn fetch_metadata(config: ClientConfig) -> std::result::Result<(), String> {
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
         consumer.fetch_metadata(None, Duration::from_millis(500)).map(|_| ()).map_err(|e| e.to_string())

@@ -15,10 +15,12 @@ pub mod pipeline;
 pub mod pki;
 pub mod process;
 pub mod rundir;
+pub mod tls_kafka;
 pub mod tools;
 
 pub use error::{Error, Result};
-pub use kafka::{Broker, MockBroker};
+pub use kafka::{Broker, KafkaEndpoint, MockBroker};
 pub use kube::{ControlPlane, ControlPlaneOptions};
 pub use mongo::Mongod;
 pub use rundir::RunDir;
+pub use tls_kafka::{TlsBroker, TlsBrokerOptions};

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use lagscale_tests::Broker;
+use lagscale_tests::KafkaEndpoint;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Produces `per_partition` messages to each listed partition.
-pub async fn produce(broker: &Broker, topic: &str, partitions: &[i32], per_partition: usize) {
+pub async fn produce(broker: &impl KafkaEndpoint, topic: &str, partitions: &[i32], per_partition: usize) {
     let producer: FutureProducer = broker.client_config().set("linger.ms", "2").create().expect("producer");
     let mut sends = Vec::new();
     for &p in partitions {
@@ -31,7 +31,7 @@ pub async fn produce(broker: &Broker, topic: &str, partitions: &[i32], per_parti
 }
 
 /// Commits `offsets` ((topic, partition, offset)) for `group` without consuming.
-pub fn commit(broker: &Broker, group: &str, offsets: &[(&str, i32, i64)]) {
+pub fn commit(broker: &impl KafkaEndpoint, group: &str, offsets: &[(&str, i32, i64)]) {
     let consumer: BaseConsumer = broker.client_config().set("group.id", group).create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in offsets {
