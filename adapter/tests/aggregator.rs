@@ -138,5 +138,53 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
         };
         Ok((8_333..=25_000).contains(&average.milli_value()))
     });
+
+    // Fault: the adapter restarts while the HPA polls it every 2 s. While it is away the HPA
+    // must hold its replicas (no scale to min on missing data) and say why; once it is back the
+    // HPA acts on the current lag (now 17 + 17 + 12 = 46: 5 replicas) by itself.
+    adapter.stop().await;
+    let stopped = std::time::Instant::now();
+    produce(&broker, "orders", &[0, 1, 2], 7).await;
+    let hpa_status = || -> Result<serde_json::Value, String> {
+        let hpa = cluster
+            .kubectl(&[
+                "get",
+                "--raw",
+                "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers/billing-consumer",
+            ])
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&hpa).map_err(|e| e.to_string())
+    };
+    eventually("HPA reports the missing metric", Duration::from_secs(30), || {
+        let hpa = hpa_status()?;
+        let conditions = hpa["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        Ok(conditions.iter().any(|c| c["type"] == "ScalingActive" && c["status"] == "False"))
+    });
+    while stopped.elapsed() < Duration::from_secs(8) {
+        let replicas = cluster
+            .kubectl(&["get", "deployment", "billing-consumer", "-o", "jsonpath={.spec.replicas}"])
+            .expect("replicas");
+        assert_eq!(replicas.trim(), "3", "the HPA holds its replicas while the adapter is away");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let restarted = std::time::Instant::now();
+    let adapter = delegated_adapter(&cluster, &run, &broker.bootstrap(), &listen, (&cert, &key), &[]).await;
+    eventually("HPA acts on the current lag after the restart", Duration::from_secs(60), || {
+        let replicas = cluster
+            .kubectl(&["get", "deployment", "billing-consumer", "-o", "jsonpath={.spec.replicas}"])
+            .map_err(|e| e.to_string())?;
+        Ok(replicas.trim() == "5")
+    });
+    lagscale_tests::report::recovery(
+        "adapter restarted while the HPA polls",
+        "restart -> HPA scaled on the new lag",
+        restarted.elapsed(),
+    );
+    let hpa = hpa_status().expect("hpa");
+    let conditions = hpa["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(
+        conditions.iter().any(|c| c["type"] == "ScalingActive" && c["status"] == "True"),
+        "ScalingActive again: {conditions:?}"
+    );
     adapter.stop().await;
 }

@@ -14,7 +14,9 @@ pub mod net;
 pub mod pipeline;
 pub mod pki;
 pub mod process;
+pub mod report;
 pub mod rundir;
+pub mod soak;
 pub mod tls_kafka;
 pub mod tools;
 

@@ -25,6 +25,8 @@ pub struct PipelineOptions {
     pub lag_per_replica: u64,
     /// Events per second the producer sends (0: no producer).
     pub producer_rate: u32,
+    /// Where the producer records the ids of delivered events (for exactly-once checks).
+    pub producer_ids_file: Option<PathBuf>,
     /// projection-worker processes.
     pub workers: usize,
     /// Where the workspace's binaries are (`target/release` or `target/debug`).
@@ -141,7 +143,7 @@ impl Pipeline {
         }
 
         let producer = if options.producer_rate > 0 {
-            let args: Vec<OsString> = vec![
+            let mut args: Vec<OsString> = vec![
                 "--bootstrap-servers".into(),
                 broker.bootstrap().into(),
                 "--rate".into(),
@@ -149,6 +151,9 @@ impl Pipeline {
                 "--duration".into(),
                 "24h".into(),
             ];
+            if let Some(ids) = &options.producer_ids_file {
+                args.extend(["--ids-file".into(), ids.clone().into_os_string()]);
+            }
             Some(ServiceProcess::spawn(
                 "event-producer",
                 &binary(&options.bin_dir, "event-producer")?,

@@ -177,6 +177,7 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
             partitions: PARTITIONS,
             lag_per_replica: 0,
             producer_rate: 0,
+            producer_ids_file: None,
             workers: 0,
             bin_dir: bin_dir.clone(),
             targets: Some(targets),

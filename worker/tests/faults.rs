@@ -80,7 +80,7 @@ async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_the_survivor_takes_over(
     // Two reconfigurations for w2: its own join, and the eviction of w1.
     assert_eq!(metric(&text, "reconfiguration_total"), 2.0, "{text}");
     assert_eq!(get(w2.http, "/ready").await.0, 200);
-    eprintln!("survivor held every partition {takeover:?} after the kill (session timeout 6 s)");
+    lagscale_tests::report::recovery("worker kill -9 mid-batch", "kill -> survivor holds every partition", takeover);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +117,18 @@ async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
     }
     assert!(saw_not_ready, "readiness reports MongoDB being down");
     assert_eq!(get(w2.http, "/health").await.0, 200, "liveness is not about MongoDB");
+    let restarting = Instant::now();
     mongod.restart().await.expect("mongod back");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(w2.http, "/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "ready again after mongod restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lagscale_tests::report::recovery(
+        "mongod stopped 6 s",
+        "restart (mongod start included) -> worker ready",
+        restarting.elapsed(),
+    );
 
     producing.await.expect("producer done");
     let expected = produced_ids(&run.path().join("ids.tsv"));
@@ -162,7 +173,14 @@ async fn broker_outage_then_graceful_shutdown_commits_everything() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     worker.process.check_alive().expect("the worker survived the outage");
+    let restarting = Instant::now();
     broker.restart().await.expect("broker back");
+    wait_assigned(&[&worker], 12.0, Duration::from_secs(60)).await;
+    lagscale_tests::report::recovery(
+        "broker away 15 s",
+        "restart (broker start included) -> partitions assigned",
+        restarting.elapsed(),
+    );
     let (second, bad_second) = produce(&run, &broker.bootstrap(), "second", 2000, 2000, 0.05).await;
     expected.extend(produced_ids(&second));
     wait_for_count(&db, expected.len() as u64, Duration::from_secs(60)).await;
@@ -253,4 +271,300 @@ async fn documents_mongodb_refuses_are_dead_lettered_without_blocking_partitions
         assert!(Instant::now() < deadline, "{} + {} of {} accounted for", stored.len(), refused.len(), expected.len());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Waits until the workers' `events_processed_total{outcome="written"}` passes `at_least`.
+async fn wait_written(workers: &[&common::Worker], at_least: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut written = 0.0;
+        for w in workers {
+            written += metric(&get(w.metrics, "/metrics").await.1, "events_processed_total{outcome=\"written\"");
+        }
+        if written >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{written} of {at_least} written within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The broker is killed (SIGKILL) while two workers drain a backlog, and restarted. noida-db
+/// then comes back from its last save: the log (saved when the workers joined, after the
+/// backlog was produced) but not the offsets committed since, so the workers replay. Every
+/// replayed event must land as a duplicate, never twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_kill_9_mid_stream_replays_without_writing_twice() {
+    let run = RunDir::new("worker-broker-kill").expect("run dir");
+    let mut broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let (ids, _) = produce(&run, &broker.bootstrap(), "backlog", 60_000, 100_000, 0.0).await;
+    let expected = produced_ids(&ids);
+    // noida-db keeps its log in memory and saves it at times of its own choosing (measured:
+    // killed right after a produce, it once came back with 50,495 of 60,000 acknowledged
+    // records). Apache Kafka would have them on disk and on replicas. A graceful restart makes
+    // the backlog durable, so what is under test is the offsets the crash takes back.
+    broker.stop();
+    broker.restart().await.expect("broker restarted gracefully");
+
+    let fast_commits = ["--commit-interval", "1s"];
+    let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &fast_commits);
+    let w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &fast_commits);
+    wait_written(&[&w1, &w2], 10_000.0, Duration::from_secs(60)).await;
+    broker.kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(w1.http, "/health").await.0, 200, "liveness holds while the broker is dead");
+    let restarted = Instant::now();
+    broker.restart().await.expect("broker back");
+    let consumer: BaseConsumer = broker.client_config().create().expect("consumer");
+    let mut kept = 0;
+    for t in ["gpu_metrics", "token_usage"] {
+        for p in 0..6 {
+            kept += consumer.fetch_watermarks(t, p, Duration::from_secs(5)).expect("watermarks").1;
+        }
+    }
+    assert_eq!(kept, 60_000, "the broker kept its log through the crash");
+    let before: f64 = {
+        let mut n = 0.0;
+        for w in [&w1, &w2] {
+            let text = get(w.metrics, "/metrics").await.1;
+            n += metric(&text, "events_processed_total{outcome=\"written\"")
+                + metric(&text, "events_processed_total{outcome=\"duplicate\"");
+        }
+        n
+    };
+    // Processing again: the workers reconnect and rejoin by themselves.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut n = 0.0;
+        for w in [&w1, &w2] {
+            let text = get(w.metrics, "/metrics").await.1;
+            n += metric(&text, "events_processed_total{outcome=\"written\"")
+                + metric(&text, "events_processed_total{outcome=\"duplicate\"");
+        }
+        if n > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processing again after the broker restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lagscale_tests::report::recovery(
+        "broker kill -9",
+        "restart (broker start included) -> processing again",
+        restarted.elapsed(),
+    );
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(120)).await;
+    lagscale_tests::report::recovery("broker kill -9", "kill -> every event written", killed.elapsed());
+    assert_eq!(stored_ids(&db).await, expected, "exactly once despite the broker crash");
+    let mut duplicates = 0.0;
+    for w in [&w1, &w2] {
+        duplicates += metric(&get(w.metrics, "/metrics").await.1, "events_processed_total{outcome=\"duplicate\"");
+    }
+    eprintln!("replayed after the broker crash, absorbed as duplicates: {duplicates}");
+    for w in [&w1, &w2] {
+        assert_eq!(get(w.http, "/ready").await.0, 200, "ready again");
+    }
+}
+
+/// mongod is killed (SIGKILL, no clean shutdown) mid-stream and restarted on the same data:
+/// journaled majority writes survive, the in-flight batch is retried, nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongod_kill_9_mid_stream_loses_nothing() {
+    let run = RunDir::new("worker-mongod-kill").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mut mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[]);
+    let producing = {
+        let (run, bootstrap) = (run.path().to_owned(), broker.bootstrap());
+        tokio::spawn(async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
+                .args(["--bootstrap-servers", &bootstrap, "--count", "12000", "--rate", "2000", "--json"])
+                .arg("--ids-file")
+                .arg(run.join("ids.tsv"))
+                .output()
+                .await
+                .expect("producer");
+            assert!(out.status.success());
+        })
+    };
+    wait_written(&[&w1], 2000.0, Duration::from_secs(30)).await;
+    mongod.kill();
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(w1.http, "/ready").await.0 != 503 {
+        assert!(Instant::now() < deadline, "not ready while MongoDB is dead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(w1.http, "/health").await.0, 200, "liveness is not about MongoDB");
+    let restarted = Instant::now();
+    mongod.restart().await.expect("mongod back");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(w1.http, "/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "ready again after mongod restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lagscale_tests::report::recovery(
+        "mongod kill -9",
+        "restart (mongod start included) -> worker ready",
+        restarted.elapsed(),
+    );
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(90)).await;
+    lagscale_tests::report::recovery("mongod kill -9", "kill -> every event written", killed.elapsed());
+    assert_eq!(stored_ids(&db).await, expected, "exactly once despite the crash");
+}
+
+/// A worker is SIGKILLed in the middle of a rebalance (all members have revoked, the new
+/// generation is not formed yet). The coordinator evicts it after the session timeout and the
+/// survivors complete the generation between them. On librdkafka's mock cluster, which expires
+/// dead members as Apache Kafka does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_kill_9_during_a_rebalance_loses_nothing() {
+    let run = RunDir::new("worker-kill-rebalance").expect("run dir");
+    let broker = MockBroker::start(&run, &[("gpu_metrics", 6), ("token_usage", 6)]).await.expect("mock broker");
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let session = ["--session-timeout", "6s"];
+    let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &session);
+    let mut w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &session);
+    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(40)).await;
+    let producing = {
+        let (run, bootstrap) = (run.path().to_owned(), broker.bootstrap());
+        tokio::spawn(async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
+                .args(["--bootstrap-servers", &bootstrap, "--count", "15000", "--rate", "1500", "--json"])
+                .arg("--ids-file")
+                .arg(run.join("ids.tsv"))
+                .output()
+                .await
+                .expect("producer");
+            assert!(out.status.success());
+        })
+    };
+    wait_written(&[&w1, &w2], 1500.0, Duration::from_secs(30)).await;
+
+    // A third worker joins: every member revokes everything (eager protocol). Kill w2 there.
+    let w3 = start_worker(&run, "w3", &broker.bootstrap(), &mongod, &session);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&get(w2.metrics, "/metrics").await.1, "assigned_partitions") != 0.0 {
+        assert!(Instant::now() < deadline, "w2 revoked its partitions for the new generation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w2.process.kill();
+    let killed = Instant::now();
+
+    // The survivors end up with all 12 partitions between them, 6 each.
+    wait_assigned(&[&w1, &w3], 6.0, Duration::from_secs(60)).await;
+    lagscale_tests::report::recovery(
+        "worker kill -9 during a rebalance",
+        "kill -> every partition assigned",
+        killed.elapsed(),
+    );
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(90)).await;
+    lagscale_tests::report::recovery(
+        "worker kill -9 during a rebalance",
+        "kill -> every event written",
+        killed.elapsed(),
+    );
+    assert_eq!(stored_ids(&db).await, expected, "exactly once despite the kill mid-rebalance");
+    for w in [&w1, &w3] {
+        assert_eq!(get(w.http, "/ready").await.0, 200);
+    }
+}
+
+/// One poison event (bad JSON, or valid JSON that breaks the schema) at the same spot in every
+/// partition of both topics, between good events: each is dead-lettered with its coordinates,
+/// every good event is written once, and every partition's committed offset moves past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_in_every_partition_blocks_none() {
+    use futures::TryStreamExt;
+    use mongodb::bson::{Document, doc};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let run = RunDir::new("worker-poison").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+
+    let (first, _) = produce(&run, &broker.bootstrap(), "before", 3000, 100_000, 0.0).await;
+    let producer: FutureProducer = broker.client_config().create().expect("producer");
+    let poisons: [&[u8]; 4] = [
+        b"{not json",
+        br#"{"schema_version":1,"event_id":"p","ts":"yesterday","host":"h"}"#,
+        b"\xff\xfe binary",
+        br#"[1,2,3]"#,
+    ];
+    let mut sends = Vec::new();
+    for topic in ["gpu_metrics", "token_usage"] {
+        for partition in 0..6 {
+            let payload = poisons[partition as usize % poisons.len()];
+            sends.push(producer.send(
+                FutureRecord::<(), [u8]>::to(topic).partition(partition).payload(payload),
+                Duration::from_secs(10),
+            ));
+        }
+    }
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("poison delivered");
+    }
+    let (second, _) = produce(&run, &broker.bootstrap(), "after", 3000, 100_000, 0.0).await;
+    let mut expected = produced_ids(&first);
+    expected.extend(produced_ids(&second));
+
+    let started = Instant::now();
+    let worker = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &["--commit-interval", "1s"]);
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(60)).await;
+    assert_eq!(stored_ids(&db).await, expected, "every good event once, before and after the poison");
+
+    let mut coordinates = std::collections::BTreeSet::new();
+    let mut cursor = db.collection::<Document>("dead_letters").find(doc! {}).await.expect("find");
+    while let Some(letter) = cursor.try_next().await.expect("cursor") {
+        let kafka = letter.get_document("kafka").expect("coordinates");
+        let at = (kafka.get_str("topic").expect("topic").to_owned(), kafka.get_i32("partition").expect("partition"));
+        assert!(!letter.get_str("reason").expect("reason").is_empty(), "{letter}");
+        assert!(coordinates.insert(at), "one dead letter per poison: {letter}");
+    }
+    assert_eq!(coordinates.len(), 12, "a dead letter from every partition: {coordinates:?}");
+    let text = get(worker.metrics, "/metrics").await.1;
+    assert_eq!(metric(&text, "events_processed_total{outcome=\"dead_lettered\""), 12.0, "{text}");
+
+    // Every partition's committed offset reaches its log end: no poison holds one back.
+    let consumer: BaseConsumer = broker.client_config().set("group.id", "projection-worker").create().expect("c");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        for t in ["gpu_metrics", "token_usage"] {
+            for p in 0..6 {
+                tpl.add_partition(t, p);
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed");
+        let behind = committed
+            .elements()
+            .iter()
+            .filter(|e| {
+                let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)).expect("w");
+                !matches!(e.offset(), Offset::Offset(o) if o == high)
+            })
+            .count();
+        if behind == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{behind} partitions still behind their log end");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    lagscale_tests::report::recovery(
+        "a poison event in every partition",
+        "start -> all committed past it",
+        started.elapsed(),
+    );
 }

@@ -23,6 +23,17 @@ struct Args {
     /// projection-worker processes.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Soak instead of running until Ctrl-C: steady load for this many seconds, sampled; then
+    /// drain, check every event exactly once and the memory of our processes flat; write
+    /// soak.csv and soak-summary.md to --report-dir; exit non-zero on failure.
+    #[arg(long)]
+    soak_seconds: Option<u64>,
+    /// Seconds between soak samples.
+    #[arg(long, default_value_t = 10)]
+    sample_seconds: u64,
+    /// Where the soak report goes.
+    #[arg(long, default_value = "target/soak")]
+    report_dir: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -50,19 +61,56 @@ async fn count_written(pipeline: &Pipeline) -> String {
     total.to_string()
 }
 
+async fn soak(
+    pipeline: &mut Pipeline,
+    args: &Args,
+    seconds: u64,
+    ids_file: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use lagscale_tests::soak::{SoakOptions, run, write_report};
+    let options = SoakOptions {
+        duration: Duration::from_secs(seconds),
+        interval: Duration::from_secs(args.sample_seconds),
+        retention_every: Duration::from_secs(60),
+        warm_up: 0.2,
+    };
+    println!("soaking for {seconds} s at {} events/s, a sample every {} s", args.producer_rate, args.sample_seconds);
+    let report = run(pipeline, args.partitions, &options, ids_file, |s| {
+        let rss: Vec<String> = s.rss_kib.iter().map(|(n, k)| format!("{n} {:.1}", *k as f64 / 1024.0)).collect();
+        println!(
+            "{:>6.0} s  written {:>9}  {:>7.0} docs/s  lag {:>7}  RSS MiB: {}",
+            s.seconds,
+            s.written,
+            s.per_second,
+            s.lag.map_or("?".into(), |l| l.to_string()),
+            rss.join(", ")
+        );
+    })
+    .await?;
+    write_report(&report, &args.report_dir)?;
+    println!("\n{}", report.summary());
+    println!("report: {}/soak.csv, soak-summary.md", args.report_dir.display());
+    if report.passed() { Ok(()) } else { Err("soak failed: memory of a lagscale process kept growing".into()) }
+}
+
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.partitions < 1 {
         return Err("--partitions must be at least 1".into());
     }
+    if args.soak_seconds.is_some() && (args.producer_rate == 0 || args.workers == 0 || args.sample_seconds == 0) {
+        return Err("--soak-seconds needs a producer, workers and a sample interval above 0".into());
+    }
     let bin_dir = sibling_bin_dir()?;
     let run = RunDir::new("local")?;
     println!("starting the pipeline (logs and data under {})", run.path().display());
-    let pipeline = Pipeline::start(
+    let ids_file = run.path().join("delivered-ids.tsv");
+    let mut pipeline = Pipeline::start(
         &run,
         &PipelineOptions {
             partitions: args.partitions,
             lag_per_replica: args.lag_per_replica,
             producer_rate: args.producer_rate,
+            producer_ids_file: args.soak_seconds.map(|_| ids_file.clone()),
             workers: args.workers,
             bin_dir,
             targets: None,
@@ -89,6 +137,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("  curl -sk {}", pipeline.lag_url());
     println!();
+    if let Some(seconds) = args.soak_seconds {
+        return soak(&mut pipeline, &args, seconds, &ids_file).await;
+    }
     println!("Ctrl-C stops everything.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
