@@ -122,8 +122,7 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
             .map_err(|e| e.to_string())?;
         Ok(replicas.trim() == "3")
     });
-    // The HPA reports the per-pod average of what we served (25 over its replicas).
-    eventually("HPA status shows our value", Duration::from_secs(30), || {
+    let hpa_status = || -> Result<serde_json::Value, String> {
         let hpa = cluster
             .kubectl(&[
                 "get",
@@ -131,7 +130,11 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
                 "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers/billing-consumer",
             ])
             .map_err(|e| e.to_string())?;
-        let hpa: serde_json::Value = serde_json::from_str(&hpa).map_err(|e| e.to_string())?;
+        serde_json::from_str(&hpa).map_err(|e| e.to_string())
+    };
+    // The HPA reports the per-pod average of what we served (25 over its replicas).
+    eventually("HPA status shows our value", Duration::from_secs(30), || {
+        let hpa = hpa_status()?;
         let current = hpa["status"]["currentMetrics"][0]["external"]["current"]["averageValue"].as_str().unwrap_or("");
         let Ok(average) = lag_adapter::quantity::Quantity::parse(current) else {
             return Err(format!("no averageValue in {}", hpa["status"]));
@@ -145,16 +148,6 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
     adapter.stop().await;
     let stopped = std::time::Instant::now();
     produce(&broker, "orders", &[0, 1, 2], 7).await;
-    let hpa_status = || -> Result<serde_json::Value, String> {
-        let hpa = cluster
-            .kubectl(&[
-                "get",
-                "--raw",
-                "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers/billing-consumer",
-            ])
-            .map_err(|e| e.to_string())?;
-        serde_json::from_str(&hpa).map_err(|e| e.to_string())
-    };
     eventually("HPA reports the missing metric", Duration::from_secs(30), || {
         let hpa = hpa_status()?;
         let conditions = hpa["status"]["conditions"].as_array().cloned().unwrap_or_default();

@@ -89,13 +89,7 @@ impl Broker {
 
     /// Client settings for this broker, tuned so groups form quickly in tests.
     pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", self.bootstrap())
-            .set("broker.address.family", "v4")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
-        config
+        test_client_config(&self.bootstrap())
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
@@ -164,6 +158,17 @@ impl Broker {
         self.process.restart()?;
         self.wait_ready().await
     }
+}
+
+/// Client settings for `bootstrap`, tuned so groups form quickly in tests.
+pub(crate) fn test_client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    config
 }
 
 /// One metadata request: the readiness probe of either broker.

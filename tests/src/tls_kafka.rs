@@ -145,12 +145,7 @@ impl KafkaEndpoint for TlsBroker {
     }
 
     fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", self.bootstrap())
-            .set("broker.address.family", "v4")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+        let mut config = crate::kafka::test_client_config(&self.bootstrap());
         for p in self.tls_properties() {
             if let Some((k, v)) = p.split_once('=') {
                 config.set(k, v);

@@ -145,11 +145,17 @@ async fn main() {
     let started = Instant::now();
     for chunk in docs.chunks(2000) {
         let (gpu, token): (Vec<_>, Vec<_>) = chunk.iter().cloned().partition(|(k, _)| *k == Kind::GpuMetrics);
-        sink.write("gpu_metrics", &gpu.into_iter().map(|(_, d)| d).collect::<Vec<_>>()).await.expect("write");
-        sink.write("token_usage", &token.into_iter().map(|(_, d)| d).collect::<Vec<_>>()).await.expect("write");
+        // Both collections at once, as the worker writes them: the ceiling gets the same overlap.
+        let (gpu, token): (Vec<_>, Vec<_>) =
+            (gpu.into_iter().map(|(_, d)| d).collect(), token.into_iter().map(|(_, d)| d).collect());
+        let (a, b) = futures::join!(sink.write("gpu_metrics", &gpu), sink.write("token_usage", &token));
+        a.expect("write");
+        b.expect("write");
     }
     let ceiling = events as f64 / started.elapsed().as_secs_f64();
-    println!("ceiling:  {ceiling:>9.0} docs/s  (insert_many x 2,000, majority write concern, {events} documents)");
+    println!(
+        "ceiling:  {ceiling:>9.0} docs/s  (insert_many of 2,000 split over the two collections written at once, majority write concern, {events} documents)"
+    );
     drop(docs);
 
     // 2. The worker on a backlog.

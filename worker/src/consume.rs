@@ -116,19 +116,34 @@ struct Batch {
 }
 
 impl Batch {
-    /// Writes every collection's documents, then the dead letters; what succeeded leaves the
-    /// batch, so a retry sends only the rest.
+    /// Writes every collection's documents (the collections at the same time: independent
+    /// inserts that mongod overlaps, e.g. in one journal flush), then the dead letters; what
+    /// succeeded leaves the batch, so a retry sends only the rest.
     async fn write(&mut self, sink: &Sink, metrics: &Metrics) -> Result<(), String> {
-        while let Some((topic, documents)) = self.documents.first_key_value() {
-            let outcome = sink.write(topic, documents).await.map_err(|e| e.to_string())?;
-            metrics.events_processed.with_label_values(&[topic, "written"]).inc_by(outcome.written);
-            metrics.events_processed.with_label_values(&[topic, "duplicate"]).inc_by(outcome.duplicates);
+        let writes = self.documents.iter().map(|(topic, documents)| async move {
+            (topic.clone(), sink.write(topic, documents).await.map_err(|e| e.to_string()))
+        });
+        let results = futures::future::join_all(writes).await;
+        let mut first_error = None;
+        for (topic, result) in results {
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            metrics.events_processed.with_label_values(&[&topic, "written"]).inc_by(outcome.written);
+            metrics.events_processed.with_label_values(&[&topic, "duplicate"]).inc_by(outcome.duplicates);
+            let documents = self.documents.remove(&topic).unwrap_or_default();
             for (index, code, message) in outcome.refused {
                 if let Some(document) = documents.get(index) {
-                    self.dead.push(refused(topic, document, code, message));
+                    self.dead.push(refused(&topic, document, code, message));
                 }
             }
-            self.documents.pop_first();
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         if !self.dead.is_empty() {
             sink.dead_letter(&self.dead).await.map_err(|e| e.to_string())?;

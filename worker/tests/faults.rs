@@ -42,19 +42,7 @@ async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_the_survivor_takes_over(
     let w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &session);
     wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(30)).await;
 
-    let producing = {
-        let (run_path, bootstrap) = (run.path().to_owned(), broker.bootstrap());
-        tokio::spawn(async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
-                .args(["--bootstrap-servers", &bootstrap, "--count", "15000", "--rate", "1500", "--json"])
-                .arg("--ids-file")
-                .arg(run_path.join("ids.tsv"))
-                .output()
-                .await
-                .expect("producer");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-        })
-    };
+    let producing = produce_in_background(&run, &broker.bootstrap(), 15000, 1500);
     // Mid-stream, with batches being written and offsets not yet committed (5 s interval).
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(&get(w1.metrics, "/metrics").await.1, "events_processed_total{outcome=\"written\"") < 2000.0 {
@@ -93,19 +81,7 @@ async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
 
     let _w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[]);
     let w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &[]);
-    let producing = {
-        let (run_path, bootstrap) = (run.path().to_owned(), broker.bootstrap());
-        tokio::spawn(async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
-                .args(["--bootstrap-servers", &bootstrap, "--count", "10000", "--rate", "1250", "--json"])
-                .arg("--ids-file")
-                .arg(run_path.join("ids.tsv"))
-                .output()
-                .await
-                .expect("producer");
-            assert!(out.status.success());
-        })
-    };
+    let producing = produce_in_background(&run, &broker.bootstrap(), 10000, 1250);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // MongoDB goes away mid-stream (mid-batch for both workers) and comes back.
     mongod.stop();
@@ -273,6 +249,34 @@ async fn documents_mongodb_refuses_are_dead_lettered_without_blocking_partitions
     }
 }
 
+/// Runs the event producer (`count` events at `rate`/s, ids to `RUN/ids.tsv`) while the test
+/// goes on; the handle fails if delivery failed.
+fn produce_in_background(run: &RunDir, bootstrap: &str, count: u64, rate: u64) -> tokio::task::JoinHandle<()> {
+    let (ids, bootstrap) = (run.path().join("ids.tsv"), bootstrap.to_owned());
+    tokio::spawn(async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
+            .args(["--bootstrap-servers", &bootstrap, "--count", &count.to_string(), "--rate", &rate.to_string()])
+            .arg("--json")
+            .arg("--ids-file")
+            .arg(ids)
+            .output()
+            .await
+            .expect("producer");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    })
+}
+
+/// Events the workers have processed: written plus replayed duplicates.
+async fn processed(workers: &[&common::Worker]) -> f64 {
+    let mut n = 0.0;
+    for w in workers {
+        let text = get(w.metrics, "/metrics").await.1;
+        n += metric(&text, "events_processed_total{outcome=\"written\"")
+            + metric(&text, "events_processed_total{outcome=\"duplicate\"");
+    }
+    n
+}
+
 /// Waits until the workers' `events_processed_total{outcome="written"}` passes `at_least`.
 async fn wait_written(workers: &[&common::Worker], at_least: f64, within: Duration) {
     let deadline = Instant::now() + within;
@@ -327,27 +331,10 @@ async fn broker_kill_9_mid_stream_replays_without_writing_twice() {
         }
     }
     assert_eq!(kept, 60_000, "the broker kept its log through the crash");
-    let before: f64 = {
-        let mut n = 0.0;
-        for w in [&w1, &w2] {
-            let text = get(w.metrics, "/metrics").await.1;
-            n += metric(&text, "events_processed_total{outcome=\"written\"")
-                + metric(&text, "events_processed_total{outcome=\"duplicate\"");
-        }
-        n
-    };
+    let before = processed(&[&w1, &w2]).await;
     // Processing again: the workers reconnect and rejoin by themselves.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut n = 0.0;
-        for w in [&w1, &w2] {
-            let text = get(w.metrics, "/metrics").await.1;
-            n += metric(&text, "events_processed_total{outcome=\"written\"")
-                + metric(&text, "events_processed_total{outcome=\"duplicate\"");
-        }
-        if n > before {
-            break;
-        }
+    while processed(&[&w1, &w2]).await <= before {
         assert!(Instant::now() < deadline, "processing again after the broker restart");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -379,19 +366,7 @@ async fn mongod_kill_9_mid_stream_loses_nothing() {
     let mut mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
     let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[]);
-    let producing = {
-        let (run, bootstrap) = (run.path().to_owned(), broker.bootstrap());
-        tokio::spawn(async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
-                .args(["--bootstrap-servers", &bootstrap, "--count", "12000", "--rate", "2000", "--json"])
-                .arg("--ids-file")
-                .arg(run.join("ids.tsv"))
-                .output()
-                .await
-                .expect("producer");
-            assert!(out.status.success());
-        })
-    };
+    let producing = produce_in_background(&run, &broker.bootstrap(), 12000, 2000);
     wait_written(&[&w1], 2000.0, Duration::from_secs(30)).await;
     mongod.kill();
     let killed = Instant::now();
@@ -434,19 +409,7 @@ async fn worker_kill_9_during_a_rebalance_loses_nothing() {
     let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &session);
     let mut w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &session);
     wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(40)).await;
-    let producing = {
-        let (run, bootstrap) = (run.path().to_owned(), broker.bootstrap());
-        tokio::spawn(async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
-                .args(["--bootstrap-servers", &bootstrap, "--count", "15000", "--rate", "1500", "--json"])
-                .arg("--ids-file")
-                .arg(run.join("ids.tsv"))
-                .output()
-                .await
-                .expect("producer");
-            assert!(out.status.success());
-        })
-    };
+    let producing = produce_in_background(&run, &broker.bootstrap(), 15000, 1500);
     wait_written(&[&w1, &w2], 1500.0, Duration::from_secs(30)).await;
 
     // A third worker joins: every member revokes everything (eager protocol). Kill w2 there.
