@@ -48,18 +48,7 @@ impl Broker {
         let dir = run.sub("kafka")?;
         let data = dir.join("data");
         let port = free_port()?;
-        let args = vec![
-            "start".into(),
-            "--only".into(),
-            "kafka".into(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--kafka-port".into(),
-            port.to_string().into(),
-            "--data-dir".into(),
-            data.clone().into_os_string(),
-        ];
-        let process = ServiceProcess::spawn("kafka", &binary, args, &dir)?;
+        let process = ServiceProcess::spawn("kafka", &binary, noida_args(port, &data), &dir)?;
         let mut broker = Self { process, port, data };
         broker.wait_ready().await?;
         Ok(broker)
@@ -158,6 +147,15 @@ impl Broker {
         self.process.restart()?;
         self.wait_ready().await
     }
+}
+
+/// `noida-db start` with only its Kafka service, on `127.0.0.1:port` (also the address it
+/// advertises), keeping its data in `data`.
+pub(crate) fn noida_args(port: u16, data: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> =
+        ["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port"].map(Into::into).to_vec();
+    args.extend([port.to_string().into(), "--data-dir".into(), data.as_os_str().to_owned()]);
+    args
 }
 
 /// Client settings for `bootstrap`, tuned so groups form quickly in tests.

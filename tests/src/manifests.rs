@@ -34,8 +34,11 @@ pub fn deploy_copy(dest: &Path) -> Result<PathBuf> {
     let source = repo_root().join("deploy");
     let target = dest.join("deploy");
     copy_tree(&source, &target)?;
+    // Through bash, not exec'd: a freshly written script can be held open for writing by a
+    // process another test thread is forking at that moment, and exec then fails with
+    // ETXTBSY ("Text file busy", seen in CI).
     run(
-        Command::new(target.join("generate-secrets.sh")).env("SECRETS_DIR", target.join("secrets")),
+        Command::new("bash").arg(target.join("generate-secrets.sh")).env("SECRETS_DIR", target.join("secrets")),
         "deploy/generate-secrets.sh",
     )?;
     Ok(target)

@@ -78,17 +78,7 @@ impl TlsBroker {
             all.extend(args);
             all
         };
-        let broker_args = vec![
-            "start".into(),
-            "--only".into(),
-            "kafka".into(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--kafka-port".into(),
-            port.to_string().into(),
-            "--data-dir".into(),
-            dir.join("data").into_os_string(),
-        ];
+        let broker_args = crate::kafka::noida_args(port, &dir.join("data"));
         let broker = ServiceProcess::spawn("kafka-in-netns", &ip, in_netns(&noida, broker_args), &dir)?;
         let relay_args = vec![
             format!("TCP-LISTEN:{port},bind={inner},reuseaddr,fork").into(),
