@@ -25,6 +25,7 @@ use lag_adapter::lag::OffsetPolicy;
 use lag_adapter::snapshot::{Histories, Snapshot};
 use lagscale_tests::net::free_port;
 use lagscale_tests::process::ServiceProcess;
+use lagscale_tests::procfs::status_kib;
 use lagscale_tests::{Broker, RunDir};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -48,13 +49,6 @@ fn bucket_quantile(text: &str, series: &str, q: f64) -> Option<f64> {
         .collect();
     let total = buckets.last()?.1;
     buckets.into_iter().find(|(_, count)| *count >= q * total).map(|(le, _)| le)
-}
-
-fn rss_kib(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -203,7 +197,7 @@ async fn main() {
     let cycles = metric_sum(&text, "lagscale_poll_duration_seconds_count");
     let cycle_mean = metric_sum(&text, "lagscale_poll_duration_seconds_sum") / cycles.max(1.0);
     println!("adapter:  {cycles:.0} cycles, mean {:.1} ms each while serving", cycle_mean * 1e3);
-    let (rss, peak) = (rss_kib(pid, "VmRSS:"), rss_kib(pid, "VmHWM:"));
+    let (rss, peak) = (status_kib(pid, "VmRSS").unwrap_or(0), status_kib(pid, "VmHWM").unwrap_or(0));
     println!(
         "rss:      {:.1} MiB now, {:.1} MiB peak (target <= 40 MB: {})",
         rss as f64 / 1024.0,

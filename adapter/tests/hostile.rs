@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{commit, produce};
 use lagscale_tests::process::ServiceProcess;
+use lagscale_tests::procfs::rss_kib;
 use lagscale_tests::{Broker, RunDir};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -86,15 +87,6 @@ fn get(path: &[u8]) -> Vec<u8> {
     r
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 const LAG: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +125,7 @@ async fn hostile_requests_get_4xx_and_the_adapter_keeps_serving() {
         assert!(Instant::now() < deadline, "adapter serving");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let baseline = rss_kib(pid);
+    let baseline = rss_kib(pid).unwrap_or(0);
 
     let long = "a".repeat(100_000);
     let mut cases: Vec<(String, Vec<u8>)> = vec![
@@ -242,7 +234,7 @@ async fn hostile_requests_get_4xx_and_the_adapter_keeps_serving() {
     assert_eq!(closed, 50, "idle connections are closed by the server");
 
     adapter.check_alive().expect("the adapter survived");
-    let after = rss_kib(pid);
+    let after = rss_kib(pid).unwrap_or(0);
     eprintln!("adapter RSS: {baseline} KiB before, {after} KiB after");
     assert!(after < baseline + 100 * 1024, "memory stays bounded: {baseline} -> {after} KiB");
     assert_eq!(raw(api, &good).await, 200);

@@ -14,6 +14,7 @@ pub mod net;
 pub mod pipeline;
 pub mod pki;
 pub mod process;
+pub mod procfs;
 pub mod report;
 pub mod rundir;
 pub mod soak;

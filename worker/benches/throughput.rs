@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lagscale_tests::process::ServiceProcess;
+use lagscale_tests::procfs::{cpu_seconds, rss_kib};
 use lagscale_tests::{Broker, Mongod, RunDir};
-use mongodb::bson::{DateTime, Document, RawDocumentBuf, doc};
+use mongodb::bson::{DateTime, Document, RawDocumentBuf, doc, rawdoc};
 use projection_worker::decode::{Coordinates, decode};
 use projection_worker::events::{Generator, Kind};
 use projection_worker::producer::{self, ProducerConfig};
@@ -57,14 +58,71 @@ async fn produce(broker: &Broker, count: u64, seed: u64) {
     assert_eq!(summary.failed, 0);
 }
 
-/// Resident set of `pid` in KiB (0 once it is gone).
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// CPU used by each process over a phase, to show where the machine's 2 cores went.
+struct CpuMeter {
+    start: Instant,
+    processes: Vec<(&'static str, i32, f64)>,
+}
+
+impl CpuMeter {
+    fn start(processes: &[(&'static str, Option<i32>)]) -> Self {
+        let processes = processes
+            .iter()
+            .filter_map(|(name, pid)| pid.and_then(|pid| Some((*name, pid, cpu_seconds(pid)?))))
+            .collect();
+        Self { start: Instant::now(), processes }
+    }
+
+    /// "mongod 1.52 cores (17.1 µs/doc), ..." for `docs` documents written in the phase.
+    fn report(&self, docs: u64) -> String {
+        let wall = self.start.elapsed().as_secs_f64();
+        let parts: Vec<String> = self
+            .processes
+            .iter()
+            .map(|(name, pid, before)| {
+                let used = cpu_seconds(*pid).unwrap_or(*before) - before;
+                format!("{name} {:.2} cores ({:.1} µs/doc)", used / wall, used * 1e6 / docs.max(1) as f64)
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// Writes `rounds` (gpu, token documents) into `database` with `in_flight` rounds at once and
+/// prints the rate and where the CPU went.
+async fn insert_rate(
+    mongod: &Mongod,
+    broker: &Broker,
+    rounds: &[(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)],
+    database: &str,
+    in_flight: usize,
+) -> f64 {
+    let sink = Sink::connect(&mongod.uri(), database, "dead_letters", Duration::from_secs(60)).await.expect("sink");
+    sink.ensure_indexes(&["gpu_metrics", "token_usage"]).await.expect("indexes");
+    let docs: usize = rounds.iter().map(|(g, t)| g.len() + t.len()).sum();
+    let bench = Some(std::process::id() as i32);
+    let cpu = CpuMeter::start(&[("mongod", mongod.pid()), ("broker", broker.pid()), ("bench client", bench)]);
+    let started = Instant::now();
+    futures::stream::iter(rounds)
+        .map(|(gpu, token)| {
+            let sink = &sink;
+            async move {
+                let (a, b) = futures::join!(sink.write("gpu_metrics", gpu), sink.write("token_usage", token));
+                a.expect("write");
+                b.expect("write");
+            }
+        })
+        .buffered(in_flight)
+        .collect::<Vec<()>>()
+        .await;
+    let rate = docs as f64 / started.elapsed().as_secs_f64();
+    // Every phase starts from empty collections and a cache without the others' pages.
+    sink.database().drop().await.expect("drop");
+    println!(
+        "ceiling:  {rate:>9.0} docs/s  into {database}, {in_flight} round(s) in flight (insert_many of 2,000 split over the two collections written at once, majority write concern, {docs} documents)"
+    );
+    println!("  CPU: {}", cpu.report(docs as u64));
+    rate
 }
 
 async fn total(db: &mongodb::Database) -> u64 {
@@ -79,16 +137,15 @@ async fn total_in(db: &mongodb::Database, collections: [&str; 2]) -> u64 {
     n
 }
 
-/// Flags for a worker writing to `database` in its own group, with production timeouts (the
-/// tests' short session means a heartbeat a second).
+/// Flags for a worker writing to `database` in its own group: the defaults (batch size, writes
+/// in flight, commit interval), with production timeouts (the tests' short session means a
+/// heartbeat a second).
 fn spawn_args(database: &str) -> Vec<String> {
     [
         "--database",
         database,
         "--group",
         &format!("bench-{database}"),
-        "--batch-size",
-        "2000",
         "--session-timeout",
         "30s",
         "--drain-timeout",
@@ -130,33 +187,35 @@ async fn main() {
     let mongod = Mongod::start(&run).await.expect("mongod");
     let client = mongod.client().await.expect("client");
 
-    // 1. The raw insert ceiling of this mongod: the same documents, no Kafka.
-    let sink = Sink::connect(&mongod.uri(), "ceiling", "dead_letters", Duration::from_secs(60)).await.expect("sink");
-    sink.ensure_indexes(&["gpu_metrics", "token_usage"]).await.expect("indexes");
+    // 1. The raw insert ceiling of this mongod: the same documents, no Kafka, pre-built BSON,
+    //    rounds of 2,000 split over the two collections written at once (as the worker writes
+    //    them), with one and with two rounds in flight (the worker's default); the better is
+    //    the ceiling. Each in its own database, so neither meets the other's duplicates.
     let mut g = Generator::new(99, 16, 8);
     let mut docs: Vec<(Kind, RawDocumentBuf)> = Vec::with_capacity(events as usize);
     for i in 0..events {
         let (kind, (_, payload, _)) =
             if i % 2 == 0 { (Kind::GpuMetrics, g.gpu_metric()) } else { (Kind::TokenUsage, g.token_usage()) };
         let topic = if kind == Kind::GpuMetrics { "gpu_metrics" } else { "token_usage" };
-        let at = Coordinates { topic, partition: 0, offset: i as i64 };
-        docs.push((kind, decode(kind, Some(&payload), at, 1 << 20, DateTime::now()).expect("valid").document));
+        // Coordinates as the worker sees them: six partitions per topic.
+        let at = Coordinates { topic, partition: (i / 2 % 6) as i32, offset: (i / 12) as i64 };
+        let mut document = decode(kind, Some(&payload), at, 1 << 20, DateTime::now()).expect("valid").document;
+        // What the worker stamps on every document it writes.
+        document.append("processed_by", rawdoc! { "worker": "bench-1-0000000000", "generation": 1_i64 });
+        docs.push((kind, document));
     }
-    let started = Instant::now();
-    for chunk in docs.chunks(2000) {
-        let (gpu, token): (Vec<_>, Vec<_>) = chunk.iter().cloned().partition(|(k, _)| *k == Kind::GpuMetrics);
-        // Both collections at once, as the worker writes them: the ceiling gets the same overlap.
-        let (gpu, token): (Vec<_>, Vec<_>) =
-            (gpu.into_iter().map(|(_, d)| d).collect(), token.into_iter().map(|(_, d)| d).collect());
-        let (a, b) = futures::join!(sink.write("gpu_metrics", &gpu), sink.write("token_usage", &token));
-        a.expect("write");
-        b.expect("write");
-    }
-    let ceiling = events as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "ceiling:  {ceiling:>9.0} docs/s  (insert_many of 2,000 split over the two collections written at once, majority write concern, {events} documents)"
-    );
+    let rounds: Vec<(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)> = docs
+        .chunks(2000)
+        .map(|chunk| {
+            let (gpu, token): (Vec<_>, Vec<_>) = chunk.iter().cloned().partition(|(k, _)| *k == Kind::GpuMetrics);
+            (gpu.into_iter().map(|(_, d)| d).collect(), token.into_iter().map(|(_, d)| d).collect())
+        })
+        .collect();
     drop(docs);
+    let mut ceiling = 0f64;
+    for in_flight in [1, 2] {
+        ceiling = ceiling.max(insert_rate(&mongod, &broker, &rounds, &format!("ceiling{in_flight}"), in_flight).await);
+    }
 
     // 2. The worker on a backlog.
     produce(&broker, events, 7).await;
@@ -174,10 +233,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let pid = worker.pid().expect("worker pid");
+    let bench = Some(std::process::id() as i32);
+    let cpu =
+        CpuMeter::start(&[("mongod", mongod.pid()), ("broker", broker.pid()), ("worker", Some(pid)), ("bench", bench)]);
     let mut rss_max = 0u64;
     while total(&db).await < events {
         assert!(launched.elapsed() < Duration::from_secs(600), "worker drains the backlog");
-        rss_max = rss_max.max(rss_kib(pid));
+        rss_max = rss_max.max(rss_kib(pid).unwrap_or(0));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sustained = first_seen.elapsed();
@@ -189,11 +251,14 @@ async fn main() {
         launched.elapsed(),
         events as f64 / launched.elapsed().as_secs_f64(),
     );
+    println!("  CPU: {}", cpu.report(events - first_count));
+    db.drop().await.expect("drop");
     println!(
         "worker RSS while draining the backlog: max {:.1} MiB (noida-db ignores fetch max_bytes and returns whole partitions)",
         rss_max as f64 / 1024.0,
     );
     drop(worker);
+    ceiling = ceiling.max(insert_rate(&mongod, &broker, &rounds, "ceiling-after", 2).await);
 
     // Steady state: a fresh worker keeping up with a live producer.
     let steady_rate = env_or("BENCH_STEADY_RATE", 5_000);
@@ -230,7 +295,7 @@ async fn main() {
     while !producing.is_finished() {
         // Past the warm-up (join, first batches), sample the resident set.
         if started.elapsed() > Duration::from_secs(steady_secs / 2) {
-            samples.push(rss_kib(pid));
+            samples.push(rss_kib(pid).unwrap_or(0));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -38,8 +38,12 @@ pub struct Config {
     #[arg(long, env = "DEAD_LETTER_COLLECTION", default_value = "dead_letters")]
     pub dead_letter_collection: String,
     /// Events per MongoDB batch.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 2000)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: usize,
+    /// Batches MongoDB may be writing at once while the next is decoded. Two keep mongod busy
+    /// between one batch's acknowledgement and the next's arrival; commits stay in order.
+    #[arg(long, env = "WRITES_IN_FLIGHT", default_value_t = 4)]
+    pub writes_in_flight: usize,
     /// Longest an event waits in a partial batch.
     #[arg(long, env = "BATCH_LINGER", default_value = "100ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
@@ -161,6 +165,7 @@ impl std::fmt::Debug for Config {
             .field("database", &self.database)
             .field("dead_letter_collection", &self.dead_letter_collection)
             .field("batch_size", &self.batch_size)
+            .field("writes_in_flight", &self.writes_in_flight)
             .field("batch_linger", &self.batch_linger)
             .field("commit_interval", &self.commit_interval)
             .field("max_event_bytes", &self.max_event_bytes)
@@ -200,6 +205,9 @@ impl Config {
         kafka_properties(&self.kafka_properties)?;
         if self.batch_size == 0 {
             return Err("--batch-size must be at least 1".into());
+        }
+        if !(1..=16).contains(&self.writes_in_flight) {
+            return Err("--writes-in-flight must be between 1 and 16".into());
         }
         if self.gpu_topic == self.token_topic {
             return Err("--gpu-topic and --token-topic must differ".into());
@@ -304,6 +312,10 @@ mod tests {
         assert!(parse(&["--drain-timeout", "40s"]).expect_err("drain > session").contains("drain-timeout"));
         assert!(parse(&["--session-timeout", "90s"]).expect_err("session > grace").contains("termination-grace"));
         assert!(parse(&["--batch-size", "0"]).is_err());
+        for writes in ["0", "17"] {
+            assert!(parse(&["--writes-in-flight", writes]).expect_err("bounded").contains("--writes-in-flight"));
+        }
+        assert!(parse(&["--writes-in-flight", "1"]).is_ok());
         assert!(parse(&["--kafka-property", "novalue"]).expect_err("no =").contains("KEY=VALUE"));
         // A malformed secret-bearing property is reported by key only.
         let e = parse(&["--kafka-property", "=hunter2"]).expect_err("no key");

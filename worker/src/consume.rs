@@ -5,15 +5,16 @@
 //!   the in-flight batch is flushed and its offsets committed synchronously (skipped if the
 //!   assignment was lost), bounded by the drain timeout; intake is stopped because nothing is
 //!   polled meanwhile. The new generation's assignment (`post_rebalance`) resumes processing.
-//! - Two stages: while MongoDB writes one batch (on the runtime), this thread polls and decodes
-//!   the next. Offsets are committed only after MongoDB acknowledged the batch, in order;
-//!   writes are idempotent (`_id`), so whatever is replayed after a crash is written once.
+//! - Pipelined: while MongoDB writes up to `--writes-in-flight` batches (on the runtime), this
+//!   thread polls and decodes the next. Offsets are committed only after MongoDB acknowledged a
+//!   batch and every batch before it; writes are idempotent (`_id`), so whatever is replayed
+//!   after a crash is written once.
 //!   Commits are spaced by the commit interval (each costs the broker work), except on revoke
 //!   and shutdown, which commit at once.
 //! - MongoDB down: the flush retries with backoff and reports not-ready; nothing is committed
 //!   that was not written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -52,8 +53,9 @@ pub struct Shared {
     pub metrics: Metrics,
     started: Instant,
     last_poll_ms: AtomicU64,
-    /// Start of the MongoDB write in flight (ms since start, +1), 0 when none.
-    write_started_ms: AtomicU64,
+    /// MongoDB writes running now: id -> start (ms since `started`).
+    writes: Mutex<BTreeMap<u64, u64>>,
+    next_write: AtomicU64,
     pub mongo_ok: AtomicBool,
     pub stopping: AtomicBool,
 }
@@ -64,7 +66,8 @@ impl Shared {
             metrics,
             started: Instant::now(),
             last_poll_ms: AtomicU64::new(0),
-            write_started_ms: AtomicU64::new(0),
+            writes: Mutex::new(BTreeMap::new()),
+            next_write: AtomicU64::new(0),
             mongo_ok: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }
@@ -78,12 +81,15 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// How long the MongoDB write in flight has been running, if one is.
+    fn running_writes(&self) -> MutexGuard<'_, BTreeMap<u64, u64>> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the oldest MongoDB write still running has been, if one is. A write that
+    /// finished but is not yet settled by the loop does not count.
     pub fn write_in_flight(&self) -> Option<Duration> {
-        match self.write_started_ms.load(Ordering::Relaxed) {
-            0 => None,
-            started => Some(Duration::from_millis(self.now_ms().saturating_sub(started - 1))),
-        }
+        let oldest = self.running_writes().values().min().copied()?;
+        Some(Duration::from_millis(self.now_ms().saturating_sub(oldest)))
     }
 
     /// Ready: MongoDB took the last write and none is stuck now, and not stopping.
@@ -104,6 +110,26 @@ impl Shared {
     pub fn since_last_poll(&self) -> Duration {
         let last = Duration::from_millis(self.last_poll_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// A MongoDB write running, for readiness: registered on creation, gone on drop.
+struct RunningWrite {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl RunningWrite {
+    fn start(shared: &Arc<Shared>) -> Self {
+        let id = shared.next_write.fetch_add(1, Ordering::Relaxed);
+        shared.running_writes().insert(id, shared.now_ms());
+        Self { shared: Arc::clone(shared), id }
+    }
+}
+
+impl Drop for RunningWrite {
+    fn drop(&mut self) {
+        self.shared.running_writes().remove(&self.id);
     }
 }
 
@@ -180,27 +206,42 @@ fn refused(topic: &str, document: &RawDocumentBuf, code: i32, message: String) -
 /// (topic, partition) -> next offset to commit
 type Offsets = BTreeMap<(String, i32), i64>;
 
+/// Messages taken per poll round before the batch is looked at again: the round shares one
+/// clock reading (`ingested_at`), since reading the clock per message cost more than decoding.
+const POLL_BURST: usize = 256;
+
 #[derive(Debug, Default)]
 struct Pending {
     batch: Batch,
-    next_offsets: Offsets,
+    /// (topic, partition, next offset): a handful of partitions, searched without allocating.
+    next_offsets: Vec<(String, i32, i64)>,
     count: usize,
     since: Option<Instant>,
 }
 
-/// The batch MongoDB is writing while the loop polls and decodes the next one. At most one is
-/// in flight, so commits stay in offset order and a slow MongoDB holds intake back.
+impl Pending {
+    fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        match self.next_offsets.iter_mut().find(|(t, p, _)| *p == partition && t == topic) {
+            Some(entry) => entry.2 = entry.2.max(next),
+            None => self.next_offsets.push((topic.to_owned(), partition, next)),
+        }
+    }
+}
+
+/// A batch MongoDB is writing while the loop polls and decodes the next one. A bounded number
+/// are in flight and they are settled oldest first, so commits stay in offset order and a slow
+/// MongoDB holds intake back.
 #[derive(Debug)]
 struct InFlight {
-    write: tokio::task::JoinHandle<(Batch, Result<(), String>)>,
+    /// The batch back (what failed stays in it), the outcome, and how long the write took.
+    write: tokio::task::JoinHandle<(Batch, Result<(), String>, Duration)>,
     next_offsets: Offsets,
-    started: Instant,
 }
 
 #[derive(Debug)]
 struct Processing {
     pending: Pending,
-    in_flight: Option<InFlight>,
+    in_flight: VecDeque<InFlight>,
     /// Written but not yet committed (commits are spaced by the commit interval, or failed).
     uncommitted: Offsets,
     last_commit: Instant,
@@ -210,6 +251,8 @@ struct Processing {
     config: Arc<Config>,
     worker: String,
     generation: i64,
+    /// `processed_by` of this worker and generation, appended to every document.
+    stamp: RawDocumentBuf,
     revoked_at: Option<Instant>,
 }
 
@@ -272,6 +315,7 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Assign(partitions) => {
                 let mut p = self.processing();
                 p.generation += 1;
+                p.stamp = rawdoc! { "worker": p.worker.as_str(), "generation": p.generation };
                 let metrics = &self.shared.metrics;
                 metrics.generation.set(p.generation);
                 metrics.reconfiguration_total.inc();
@@ -313,20 +357,24 @@ impl Processing {
         }
     }
 
-    fn add(&mut self, message: &BorrowedMessage<'_>) {
+    /// Decodes `message` into the pending batch (or its dead letters), ingested at `now`.
+    fn add(&mut self, message: &BorrowedMessage<'_>, now: DateTime) {
         let topic = message.topic();
         let at = Coordinates { topic, partition: message.partition(), offset: message.offset() };
-        let now = DateTime::now();
         let decoded = match self.kind(topic) {
             Some(kind) => decode(kind, message.payload(), at, self.config.max_event_bytes, now),
             None => Err(crate::decode::Rejection::Schema(format!("unexpected topic {topic}"))),
         };
         match decoded {
             Ok(mut event) => {
-                event
-                    .document
-                    .append("processed_by", rawdoc! { "worker": self.worker.as_str(), "generation": self.generation });
-                self.pending.batch.documents.entry(topic.to_owned()).or_default().push(event.document);
+                event.document.append_ref("processed_by", &self.stamp);
+                let documents = &mut self.pending.batch.documents;
+                match documents.get_mut(topic) {
+                    Some(list) => list.push(event.document),
+                    None => {
+                        documents.insert(topic.to_owned(), vec![event.document]);
+                    }
+                }
             }
             Err(rejection) => self.pending.batch.dead.push(DeadLetter {
                 topic: topic.to_owned(),
@@ -338,7 +386,7 @@ impl Processing {
                 received_at: now,
             }),
         }
-        self.pending.next_offsets.insert((topic.to_owned(), at.partition), at.offset + 1);
+        self.pending.advance(topic, at.partition, at.offset + 1);
         self.pending.count += 1;
         self.pending.since.get_or_insert_with(Instant::now);
     }
@@ -349,40 +397,62 @@ impl Processing {
     }
 
     fn write_done(&self) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| f.write.is_finished())
+        self.in_flight.front().is_some_and(|f| f.write.is_finished())
     }
 
-    /// Hands the pending batch to MongoDB in the background, once the previous one is settled.
+    /// Hands the pending batch to MongoDB in the background, once fewer than
+    /// `writes_in_flight` batches are being written.
     fn launch(&mut self, consumer: &BaseConsumer<WorkerContext>, deadline: Option<Instant>) -> Result<(), FlushError> {
-        self.settle(consumer, deadline, false)?;
+        while self.in_flight.len() >= self.config.writes_in_flight {
+            self.settle_oldest(deadline)?;
+        }
+        self.commit(consumer, false)?;
         if self.pending.count == 0 {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
         let (sink, shared) = (self.sink.clone(), Arc::clone(&self.shared));
-        shared.write_started_ms.store(shared.now_ms() + 1, Ordering::Relaxed);
         let write = self.runtime.spawn(async move {
+            let _running = RunningWrite::start(&shared);
+            let started = Instant::now();
             let mut batch = pending.batch;
             let result = batch.write(&sink, &shared.metrics).await;
-            shared.write_started_ms.store(0, Ordering::Relaxed);
-            (batch, result)
+            (batch, result, started.elapsed())
         });
-        self.in_flight = Some(InFlight { write, next_offsets: pending.next_offsets, started: Instant::now() });
+        let next_offsets = pending.next_offsets.into_iter().map(|(t, p, next)| ((t, p), next)).collect();
+        self.in_flight.push_back(InFlight { write, next_offsets });
         Ok(())
     }
 
-    /// Waits for the write in flight, retrying what failed (until `deadline`, or forever
-    /// without one unless stopping), then commits synchronously when `now` or when due.
+    /// Settles the writes already finished (`all`: every write in flight, waiting for them),
+    /// then commits when `now` or when due.
     fn settle(
         &mut self,
         consumer: &BaseConsumer<WorkerContext>,
         deadline: Option<Instant>,
         now: bool,
+        all: bool,
     ) -> Result<(), FlushError> {
-        let Some(in_flight) = self.in_flight.take() else {
-            return self.commit(consumer, Offsets::new(), now);
+        while self.in_flight.front().is_some_and(|f| all || f.write.is_finished()) {
+            self.settle_oldest(deadline)?;
+        }
+        self.commit(consumer, now)
+    }
+
+    /// Waits for the oldest write in flight, retrying what failed (until `deadline`, or forever
+    /// without one unless stopping); its offsets then await the next commit.
+    fn settle_oldest(&mut self, deadline: Option<Instant>) -> Result<(), FlushError> {
+        let Some(in_flight) = self.in_flight.pop_front() else {
+            return Ok(());
         };
-        let (mut batch, mut written) = self.runtime.block_on(in_flight.write).map_err(FlushError::Writer)?;
+        let (mut batch, mut written, mut took) = match self.runtime.block_on(in_flight.write) {
+            Ok(settled) => settled,
+            Err(e) => {
+                // Later batches may not be committed past the lost one.
+                self.drop_uncommitted();
+                return Err(FlushError::Writer(e));
+            }
+        };
         let mut backoff = Duration::from_millis(100);
         while let Err(e) = written {
             self.shared.metrics.write_errors.inc();
@@ -390,6 +460,10 @@ impl Processing {
             let give_up = deadline.is_some_and(|d| Instant::now() + backoff > d)
                 || (deadline.is_none() && self.shared.stopping.load(Ordering::Relaxed));
             if give_up {
+                // Kept first in line: nothing after it may be committed until it is written.
+                let failed = e.clone();
+                let write = self.runtime.spawn(async move { (batch, Err(failed), Duration::ZERO) });
+                self.in_flight.push_front(InFlight { write, ..in_flight });
                 return Err(FlushError::Write(e));
             }
             tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; retrying");
@@ -397,32 +471,28 @@ impl Processing {
             // A deliberate pause, not a stuck loop: liveness stays green.
             self.shared.touch();
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            self.shared.write_started_ms.store(self.shared.now_ms() + 1, Ordering::Relaxed);
+            let started = Instant::now();
+            let running = RunningWrite::start(&self.shared);
             written = self.runtime.block_on(batch.write(&self.sink, &self.shared.metrics));
-            self.shared.write_started_ms.store(0, Ordering::Relaxed);
+            drop(running);
+            took = started.elapsed();
         }
         self.shared.mongo_ok.store(true, Ordering::Relaxed);
-        self.shared.metrics.batch_write_duration.observe(in_flight.started.elapsed().as_secs_f64());
-        self.commit(consumer, in_flight.next_offsets, now)
+        self.shared.metrics.batch_write_duration.observe(took.as_secs_f64());
+        for (key, next) in in_flight.next_offsets {
+            let entry = self.uncommitted.entry(key).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+        Ok(())
     }
 
     fn commit_due(&self) -> bool {
         !self.uncommitted.is_empty() && self.last_commit.elapsed() >= self.config.commit_interval
     }
 
-    /// Adds the written `offsets` to those awaiting a commit and commits them all when `now`
-    /// or when due; on failure keeps them for the next one (a later offset of the same
-    /// partition supersedes them).
-    fn commit(
-        &mut self,
-        consumer: &BaseConsumer<WorkerContext>,
-        offsets: Offsets,
-        now: bool,
-    ) -> Result<(), FlushError> {
-        for (key, next) in offsets {
-            let entry = self.uncommitted.entry(key).or_insert(next);
-            *entry = (*entry).max(next);
-        }
+    /// Commits the written offsets when `now` or when due; on failure keeps them for the next
+    /// commit (a later offset of the same partition supersedes them).
+    fn commit(&mut self, consumer: &BaseConsumer<WorkerContext>, now: bool) -> Result<(), FlushError> {
         if self.uncommitted.is_empty() || !(now || self.commit_due()) {
             return Ok(());
         }
@@ -439,13 +509,13 @@ impl Processing {
     /// Writes and commits everything taken so far (revoke, shutdown).
     fn flush(&mut self, consumer: &BaseConsumer<WorkerContext>, deadline: Option<Instant>) -> Result<(), FlushError> {
         self.launch(consumer, deadline)?;
-        self.settle(consumer, deadline, true)
+        self.settle(consumer, deadline, true, true)
     }
 
     /// Forgets what is not committed; the partitions' next owner replays it.
     fn drop_uncommitted(&mut self) {
         self.pending = Pending::default();
-        self.in_flight = None;
+        self.in_flight.clear();
         self.uncommitted.clear();
     }
 
@@ -496,7 +566,7 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
     let context = WorkerContext {
         processing: Mutex::new(Processing {
             pending: Pending::default(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
             uncommitted: Offsets::new(),
             last_commit: Instant::now(),
             sink,
@@ -505,6 +575,7 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
             config: Arc::clone(&config),
             worker: worker.clone(),
             generation: 0,
+            stamp: rawdoc! { "worker": worker.as_str(), "generation": 0_i64 },
             revoked_at: None,
         }),
         shared: Arc::clone(&shared),
@@ -543,17 +614,33 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
     let mut members_checked = Instant::now();
     while !shared.stopping.load(Ordering::Relaxed) {
         shared.touch();
-        let message = consumer.poll(Duration::from_millis(100));
-        let mut p = consumer.context().processing();
-        match message {
-            Some(Ok(m)) => p.add(&m),
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error (librdkafka reconnects by itself)"),
-            None => {}
+        // The lock is never held across a poll: rebalance callbacks run inside it and take it.
+        let mut message = consumer.poll(Duration::from_millis(100));
+        let now = DateTime::now();
+        let mut taken = 0;
+        // Every message polled is added before the round ends: the position has moved past it.
+        while let Some(result) = message.take() {
+            match result {
+                Ok(m) => {
+                    let mut p = consumer.context().processing();
+                    p.add(&m, now);
+                    if p.pending.count >= config.batch_size {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "consumer error (librdkafka reconnects by itself)"),
+            }
+            taken += 1;
+            if taken >= POLL_BURST {
+                break;
+            }
+            message = consumer.poll(Duration::ZERO);
         }
+        let mut p = consumer.context().processing();
         let step = if p.due() {
             p.launch(&consumer, None)
         } else if p.write_done() || p.commit_due() {
-            p.settle(&consumer, None, false)
+            p.settle(&consumer, None, false, false)
         } else {
             Ok(())
         };
