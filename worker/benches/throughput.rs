@@ -1,14 +1,17 @@
 //! The worker's performance, measured side by side in one run on the same broker and mongod:
 //!
-//! - raw insert ceiling: pre-decoded documents written with `insert_many` batches of 2,000;
-//! - the worker: a backlog of events projected by one release `projection-worker`;
+//! - raw insert ceiling: the worker's documents (decoded, stamped) written with `insert_many`,
+//!   rounds of 2,000 split over the two collections, one and two rounds in flight;
+//! - the worker: a backlog of events projected by one release `projection-worker` (defaults);
+//! - both alternated over BENCH_ROUNDS rounds, compared by their medians (the shared machine's
+//!   speed drifts by tens of percent within a minute), with the CPU each process used;
 //! - the original pipeline's approach: a consumer doing one `insert_one` per message;
 //! - the worker's RSS while draining, and at steady state under a live producer;
 //! - rebalance pause going from 2 to 3 workers: revoke -> every partition processing again,
 //!   from the workers' assignment log.
 //!
 //! Prints figures and ratios beside the targets; asserts nothing. Run: scripts/bench-worker.sh.
-//! Scale: BENCH_EVENTS (200000), BENCH_BASELINE_EVENTS (5000), BENCH_REBALANCES (5),
+//! Scale: BENCH_EVENTS (200000), BENCH_ROUNDS (5), BENCH_BASELINE_EVENTS (5000), BENCH_REBALANCES (5),
 //! BENCH_STEADY_RATE (5000 events/s), BENCH_STEADY_SECONDS (20).
 
 use std::time::{Duration, Instant};
@@ -23,7 +26,7 @@ use projection_worker::events::{Generator, Kind};
 use projection_worker::producer::{self, ProducerConfig};
 use projection_worker::sink::Sink;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -125,16 +128,95 @@ async fn insert_rate(
     rate
 }
 
-async fn total(db: &mongodb::Database) -> u64 {
-    total_in(db, ["gpu_metrics", "token_usage"]).await
-}
-
 async fn total_in(db: &mongodb::Database, collections: [&str; 2]) -> u64 {
     let mut n = 0;
     for c in collections {
         n += db.collection::<Document>(c).estimated_document_count().await.expect("count");
     }
     n
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One release worker drains a fresh backlog of `events` (topics and database of this round).
+/// Returns the sustained rate, from the first acknowledged batch to the last, so process start
+/// and the group join (a one-off second or so) are reported apart; and the worker's peak RSS.
+async fn drain(
+    run: &RunDir,
+    broker: &Broker,
+    mongod: &Mongod,
+    client: &mongodb::Client,
+    round: u64,
+    events: u64,
+) -> (f64, u64) {
+    let (gpu, token) = (format!("backlog{round}_gpu"), format!("backlog{round}_token"));
+    broker.create_topic(&gpu, 6).await.expect("topic");
+    broker.create_topic(&token, 6).await.expect("topic");
+    let backlog = ProducerConfig {
+        gpu_topic: gpu.clone(),
+        token_topic: token.clone(),
+        ..producer_config(broker, events, 7 + round)
+    };
+    let summary = producer::run(&backlog, std::future::pending()).await.expect("produce");
+    assert_eq!(summary.failed, 0);
+    let database = format!("bench{round}");
+    let db = client.database(&database);
+    let collections = [gpu.as_str(), token.as_str()];
+    let mut args = spawn_args(&database);
+    args.extend(["--gpu-topic".into(), gpu.clone(), "--token-topic".into(), token.clone()]);
+    let launched = Instant::now();
+    let worker = common::start_worker(
+        run,
+        &format!("bench-{round}"),
+        &broker.bootstrap(),
+        mongod,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .process;
+    let (first_seen, first_count) = loop {
+        let n = total_in(&db, collections).await;
+        if n > 0 {
+            break (Instant::now(), n);
+        }
+        assert!(launched.elapsed() < Duration::from_secs(120), "worker starts writing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let pid = worker.pid().expect("worker pid");
+    let bench = Some(std::process::id() as i32);
+    let cpu =
+        CpuMeter::start(&[("mongod", mongod.pid()), ("broker", broker.pid()), ("worker", Some(pid)), ("bench", bench)]);
+    let mut rss_max = 0u64;
+    while total_in(&db, collections).await < events {
+        assert!(launched.elapsed() < Duration::from_secs(600), "worker drains the backlog");
+        rss_max = rss_max.max(rss_kib(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sustained = first_seen.elapsed();
+    let rate = (events - first_count) as f64 / sustained.as_secs_f64();
+    println!(
+        "worker:   {rate:>9.0} docs/s  ({} events Kafka -> MongoDB in {sustained:.2?} after the first batch; \
+         {:.2?} from launch incl. group join = {:.0} docs/s)",
+        events - first_count,
+        launched.elapsed(),
+        events as f64 / launched.elapsed().as_secs_f64(),
+    );
+    println!("  CPU: {}", cpu.report(events - first_count));
+    drop(worker);
+    // The next round starts, like the ceiling's, from empty collections and a broker that no
+    // longer holds this backlog (its saves cost in proportion to what it holds).
+    db.drop().await.expect("drop");
+    let consumer: BaseConsumer = broker.client_config().create().expect("consumer");
+    for topic in [&gpu, &token] {
+        for partition in 0..6 {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+            broker.delete_records(topic, partition, high).await.expect("delete records");
+        }
+    }
+    (rate, rss_max)
 }
 
 /// Flags for a worker writing to `database` in its own group: the defaults (batch size, writes
@@ -146,6 +228,11 @@ fn spawn_args(database: &str) -> Vec<String> {
         database,
         "--group",
         &format!("bench-{database}"),
+        // The harness's test default is smaller; the bench runs the worker's own defaults.
+        "--batch-size",
+        &std::env::var("BENCH_BATCH_SIZE").unwrap_or_else(|_| "1000".into()),
+        "--writes-in-flight",
+        &std::env::var("BENCH_WRITES_IN_FLIGHT").unwrap_or_else(|_| "4".into()),
         "--session-timeout",
         "30s",
         "--drain-timeout",
@@ -212,53 +299,38 @@ async fn main() {
         })
         .collect();
     drop(docs);
-    let mut ceiling = 0f64;
-    for in_flight in [1, 2] {
-        ceiling = ceiling.max(insert_rate(&mongod, &broker, &rounds, &format!("ceiling{in_flight}"), in_flight).await);
-    }
-
-    // 2. The worker on a backlog.
-    produce(&broker, events, 7).await;
-    let db = client.database("bench");
-    let launched = Instant::now();
-    let worker = spawn_worker(&run, "bench-1", &broker, &mongod, "bench");
-    // Sustained rate: from the first acknowledged batch to the last, so process start and the
-    // group join (a one-off second or so) are reported apart.
-    let (first_seen, first_count) = loop {
-        let n = total(&db).await;
-        if n > 0 {
-            break (Instant::now(), n);
-        }
-        assert!(launched.elapsed() < Duration::from_secs(120), "worker starts writing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let pid = worker.pid().expect("worker pid");
-    let bench = Some(std::process::id() as i32);
-    let cpu =
-        CpuMeter::start(&[("mongod", mongod.pid()), ("broker", broker.pid()), ("worker", Some(pid)), ("bench", bench)]);
+    // 1-2. Ceiling and worker, alternated: this machine's speed drifts (shared cores), so
+    //      each round measures both, and the figures compared are the rounds' medians. A
+    //      round's ceiling is the better of one and two rounds in flight.
+    let mut ceilings = Vec::new();
+    let mut workers = Vec::new();
+    let mut ratios = Vec::new();
     let mut rss_max = 0u64;
-    while total(&db).await < events {
-        assert!(launched.elapsed() < Duration::from_secs(600), "worker drains the backlog");
-        rss_max = rss_max.max(rss_kib(pid).unwrap_or(0));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for round in 0..env_or("BENCH_ROUNDS", 5) {
+        let mut ceiling = 0f64;
+        for in_flight in [1, 2] {
+            let database = format!("ceiling{round}-{in_flight}");
+            ceiling = ceiling.max(insert_rate(&mongod, &broker, &rounds, &database, in_flight).await);
+        }
+        ceilings.push(ceiling);
+        let (rate, rss) = drain(&run, &broker, &mongod, &client, round, events).await;
+        workers.push(rate);
+        rss_max = rss_max.max(rss);
+        println!("round {round}: worker / ceiling = {:.0} %", 100.0 * rate / ceiling);
+        ratios.push(rate / ceiling);
     }
-    let sustained = first_seen.elapsed();
-    let worker_rate = (events - first_count) as f64 / sustained.as_secs_f64();
+    let (ceiling, worker_rate) = (median(&ceilings), median(&workers));
     println!(
-        "worker:   {worker_rate:>9.0} docs/s  ({} events Kafka -> MongoDB in {sustained:.2?} after the first batch; \
-         {:.2?} from launch incl. group join = {:.0} docs/s)",
-        events - first_count,
-        launched.elapsed(),
-        events as f64 / launched.elapsed().as_secs_f64(),
+        "median of {} rounds: ceiling {ceiling:.0} docs/s, worker {worker_rate:.0} docs/s; per-round ratios {:.0}-{:.0} %, their median {:.0} %",
+        ceilings.len(),
+        100.0 * ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        100.0 * ratios.iter().copied().fold(0.0, f64::max),
+        100.0 * median(&ratios),
     );
-    println!("  CPU: {}", cpu.report(events - first_count));
-    db.drop().await.expect("drop");
     println!(
-        "worker RSS while draining the backlog: max {:.1} MiB (noida-db ignores fetch max_bytes and returns whole partitions)",
+        "worker RSS while draining a backlog: max {:.1} MiB (noida-db ignores fetch max_bytes and returns whole partitions)",
         rss_max as f64 / 1024.0,
     );
-    drop(worker);
-    ceiling = ceiling.max(insert_rate(&mongod, &broker, &rounds, "ceiling-after", 2).await);
 
     // Steady state: a fresh worker keeping up with a live producer.
     let steady_rate = env_or("BENCH_STEADY_RATE", 5_000);
@@ -317,6 +389,7 @@ async fn main() {
     drop(worker);
 
     // 3. The original pipeline's processor: one insert_one per message, auto-commit.
+    produce(&broker, baseline_events, 7).await;
     let consumer: StreamConsumer = broker
         .client_config()
         .set("group.id", "insert-one-baseline")
