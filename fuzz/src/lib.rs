@@ -44,11 +44,20 @@ pub fn metric_path(data: &[u8]) {
     }
 }
 
-/// Kafka payloads: a document or a rejection with a reason, for either topic.
+/// Kafka payloads: a document or a rejection with a reason, for either topic. A document is
+/// well-formed BSON throughout (the streaming writer builds its bytes by hand), with `_id`
+/// first and the derived fields once each.
 pub fn event(data: &[u8]) {
     let at = Coordinates { topic: "gpu_metrics", partition: 0, offset: 7 };
     for kind in [Kind::GpuMetrics, Kind::TokenUsage] {
-        let _ = decode(kind, Some(data), at, 256 * 1024, DateTime::from_millis(0));
+        if let Ok(decoded) = decode(kind, Some(data), at, 256 * 1024, DateTime::from_millis(0)) {
+            let document = decoded.document.to_document().expect("well-formed BSON");
+            assert_eq!(document.keys().next().map(String::as_str), Some("_id"));
+            assert_eq!(document.get_str("_id"), Ok(decoded.id.as_str()));
+            for derived in ["ts", "kafka", "ingested_at"] {
+                assert!(document.contains_key(derived), "{derived}");
+            }
+        }
     }
 }
 
