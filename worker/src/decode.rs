@@ -135,6 +135,7 @@ const TOKEN_SCHEMA: &[(&str, FieldType)] = &[
 ];
 
 const MAX_SCHEMA_FIELDS: usize = 10;
+const _: () = assert!(GPU_SCHEMA.len() <= MAX_SCHEMA_FIELDS && TOKEN_SCHEMA.len() <= MAX_SCHEMA_FIELDS);
 
 fn schema(kind: Kind) -> &'static [(&'static str, FieldType)] {
     match kind {
