@@ -233,9 +233,25 @@ impl Pending {
 /// MongoDB holds intake back.
 #[derive(Debug)]
 struct InFlight {
-    /// The batch back (what failed stays in it), the outcome, and how long the write took.
-    write: tokio::task::JoinHandle<(Batch, Result<(), String>, Duration)>,
+    write: Write,
     next_offsets: Offsets,
+}
+
+#[derive(Debug)]
+enum Write {
+    /// Gives the batch back (what failed stays in it), the outcome, and how long it took.
+    Running(tokio::task::JoinHandle<(Batch, Result<(), String>, Duration)>),
+    /// Gave up at a deadline (revoke, shutdown) with this error; retried first next time.
+    Failed(Batch, String),
+}
+
+impl Write {
+    fn is_finished(&self) -> bool {
+        match self {
+            Self::Running(task) => task.is_finished(),
+            Self::Failed(..) => true,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -420,23 +436,22 @@ impl Processing {
             (batch, result, started.elapsed())
         });
         let next_offsets = pending.next_offsets.into_iter().map(|(t, p, next)| ((t, p), next)).collect();
-        self.in_flight.push_back(InFlight { write, next_offsets });
+        self.in_flight.push_back(InFlight { write: Write::Running(write), next_offsets });
         Ok(())
     }
 
-    /// Settles the writes already finished (`all`: every write in flight, waiting for them),
-    /// then commits when `now` or when due.
+    /// Settles the writes already finished, then commits if due; with `all`, waits for every
+    /// write in flight and commits at once.
     fn settle(
         &mut self,
         consumer: &BaseConsumer<WorkerContext>,
         deadline: Option<Instant>,
-        now: bool,
         all: bool,
     ) -> Result<(), FlushError> {
         while self.in_flight.front().is_some_and(|f| all || f.write.is_finished()) {
             self.settle_oldest(deadline)?;
         }
-        self.commit(consumer, now)
+        self.commit(consumer, all)
     }
 
     /// Waits for the oldest write in flight, retrying what failed (until `deadline`, or forever
@@ -445,13 +460,17 @@ impl Processing {
         let Some(in_flight) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let (mut batch, mut written, mut took) = match self.runtime.block_on(in_flight.write) {
-            Ok(settled) => settled,
-            Err(e) => {
-                // Later batches may not be committed past the lost one.
-                self.drop_uncommitted();
-                return Err(FlushError::Writer(e));
-            }
+        let InFlight { write, next_offsets } = in_flight;
+        let (mut batch, mut written, mut took) = match write {
+            Write::Running(task) => match self.runtime.block_on(task) {
+                Ok(settled) => settled,
+                Err(e) => {
+                    // Later batches may not be committed past the lost one.
+                    self.drop_uncommitted();
+                    return Err(FlushError::Writer(e));
+                }
+            },
+            Write::Failed(batch, e) => (batch, Err(e), Duration::ZERO),
         };
         let mut backoff = Duration::from_millis(100);
         while let Err(e) = written {
@@ -461,9 +480,8 @@ impl Processing {
                 || (deadline.is_none() && self.shared.stopping.load(Ordering::Relaxed));
             if give_up {
                 // Kept first in line: nothing after it may be committed until it is written.
-                let failed = e.clone();
-                let write = self.runtime.spawn(async move { (batch, Err(failed), Duration::ZERO) });
-                self.in_flight.push_front(InFlight { write, ..in_flight });
+                let write = Write::Failed(batch, e.clone());
+                self.in_flight.push_front(InFlight { write, next_offsets });
                 return Err(FlushError::Write(e));
             }
             tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; retrying");
@@ -479,7 +497,7 @@ impl Processing {
         }
         self.shared.mongo_ok.store(true, Ordering::Relaxed);
         self.shared.metrics.batch_write_duration.observe(took.as_secs_f64());
-        for (key, next) in in_flight.next_offsets {
+        for (key, next) in next_offsets {
             let entry = self.uncommitted.entry(key).or_insert(next);
             *entry = (*entry).max(next);
         }
@@ -509,7 +527,7 @@ impl Processing {
     /// Writes and commits everything taken so far (revoke, shutdown).
     fn flush(&mut self, consumer: &BaseConsumer<WorkerContext>, deadline: Option<Instant>) -> Result<(), FlushError> {
         self.launch(consumer, deadline)?;
-        self.settle(consumer, deadline, true, true)
+        self.settle(consumer, deadline, true)
     }
 
     /// Forgets what is not committed; the partitions' next owner replays it.
@@ -640,7 +658,7 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
         let step = if p.due() {
             p.launch(&consumer, None)
         } else if p.write_done() || p.commit_due() {
-            p.settle(&consumer, None, false, false)
+            p.settle(&consumer, None, false)
         } else {
             Ok(())
         };
