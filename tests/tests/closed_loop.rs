@@ -264,6 +264,11 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     let mut history: Vec<(Duration, i32)> = vec![(Duration::ZERO, kubelet.workers.len() as i32)];
     let deadline = Duration::from_secs(360);
     let mut sampled = Instant::now() - Duration::from_secs(60);
+    // Back at the minimum only counts once it holds for several syncs: the 1.20 controller's
+    // single stabilization window can turn a fresh scale-down straight back up (seen in CI:
+    // 3 -> 2 at 60 s, 2 -> 3 at 62 s with the lag at 0).
+    let settle = Duration::from_secs(12);
+    let mut at_minimum: Option<Instant> = None;
     loop {
         // What the HPA reads, through the aggregator, every 5 s (for the timeline).
         if sampled.elapsed() >= Duration::from_secs(5) {
@@ -288,7 +293,11 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
         }
         let scaled_up = history.iter().any(|(_, r)| *r > 2);
         if scaled_up && producing.is_finished() && want == 2 && kubelet.workers.len() == 2 {
-            break;
+            if at_minimum.get_or_insert_with(Instant::now).elapsed() >= settle {
+                break;
+            }
+        } else {
+            at_minimum = None;
         }
         assert!(started.elapsed() < deadline, "the HPA scaled up and back down within {deadline:?}: {history:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
