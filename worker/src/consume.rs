@@ -617,28 +617,31 @@ impl FetchPacing {
 
     /// After a poll round that read `anything` (or not): pauses or resumes the assignment.
     fn after_round(&mut self, consumer: &BaseConsumer<WorkerContext>, anything: bool, metrics: &Metrics) {
-        if self.pause.is_zero() {
+        let resume = match self.paused_until {
+            Some(until) => Instant::now() >= until,
+            None if anything || self.pause.is_zero() => return,
+            None => false,
+        };
+        if !resume && self.paused_until.is_some() {
             return;
         }
         let Ok(assignment) = consumer.assignment() else {
             return;
         };
-        match self.paused_until {
-            Some(until) if Instant::now() >= until => {
-                // Resumes whatever is assigned now, a rebalance's new partitions included.
-                if let Err(e) = consumer.resume(&assignment) {
-                    tracing::warn!(error = %e, "could not resume fetching");
-                }
-                self.paused_until = None;
+        if resume {
+            // Resumes whatever is assigned now, a rebalance's new partitions included.
+            if let Err(e) = consumer.resume(&assignment) {
+                tracing::warn!(error = %e, "could not resume fetching");
             }
-            None if !anything && assignment.count() > 0 => match consumer.pause(&assignment) {
+            self.paused_until = None;
+        } else if assignment.count() > 0 {
+            match consumer.pause(&assignment) {
                 Ok(()) => {
                     self.paused_until = Some(Instant::now() + self.pause);
                     metrics.idle_fetch_pauses.inc();
                 }
                 Err(e) => tracing::warn!(error = %e, "could not pause fetching"),
-            },
-            _ => {}
+            }
         }
     }
 }

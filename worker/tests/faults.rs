@@ -5,26 +5,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{get, metric, produce, produced_ids, start_worker, stored_ids, topics, wait_for_count};
+use common::{get, metric, produce, produced_ids, start_worker, stored_ids, topics, wait_assigned, wait_for_count};
 use lagscale_tests::{Broker, MockBroker, Mongod, RunDir};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-
-/// Waits until every worker reports `partitions` assigned partitions.
-async fn wait_assigned(workers: &[&common::Worker], partitions: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut all = true;
-        for w in workers {
-            all &= metric(&get(w.metrics, "/metrics").await.1, "assigned_partitions") == partitions;
-        }
-        if all {
-            return;
-        }
-        assert!(Instant::now() < deadline, "every worker holds {partitions} partitions within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 // The local broker (noida-db 0.2.3) never expires a member that dies without leaving, so a
 // SIGKILLed worker would wedge its group for good. librdkafka's mock cluster does evict it

@@ -4,20 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{get, metric, produce, produced_ids, start_worker, stored_ids, topics, wait_for_count};
+use common::{get, metric, produce, produced_ids, start_worker, stored_ids, topics, wait_assigned, wait_for_count};
 use lagscale_tests::procfs::cpu_seconds;
 use lagscale_tests::{Broker, Mongod, RunDir};
-
-/// Waits until the worker holds `partitions` partitions.
-async fn wait_assigned(worker: &common::Worker, partitions: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&get(worker.metrics, "/metrics").await.1, "assigned_partitions") != partitions {
-        assert!(Instant::now() < deadline, "worker holds {partitions} partitions");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// CPU seconds the broker spends over `window` while the group sits idle.
 async fn broker_cpu(broker: &Broker, window: Duration) -> f64 {
@@ -38,13 +29,13 @@ async fn idle_fetch_pause_stops_the_fetch_loop_and_loses_nothing() {
 
     // Side by side on the same broker: an idle worker without the pause, then with it.
     let mut spinning = start_worker(&run, "spinning", &broker.bootstrap(), &mongod, &["--group", "spinning"]);
-    wait_assigned(&spinning, 12.0).await;
+    wait_assigned(&[&spinning], 12.0, Duration::from_secs(60)).await;
     let without = broker_cpu(&broker, window).await;
     spinning.process.stop(Duration::from_secs(30));
 
     let pause = ["--idle-fetch-pause", "1s"];
     let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &pause);
-    wait_assigned(&w1, 12.0).await;
+    wait_assigned(&[&w1], 12.0, Duration::from_secs(60)).await;
     let with = broker_cpu(&broker, window).await;
     println!("broker CPU over {window:?} with one idle worker: {without:.2} s without the pause, {with:.2} s with it");
     assert!(with * 3.0 < without, "the pause cuts the idle fetch loop: {with:.2} s vs {without:.2} s");
@@ -54,8 +45,7 @@ async fn idle_fetch_pause_stops_the_fetch_loop_and_loses_nothing() {
     // A member joins while w1 is paused: the new assignment is fetched, and every event
     // produced afterwards is written exactly once.
     let w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &pause);
-    wait_assigned(&w2, 6.0).await;
-    wait_assigned(&w1, 6.0).await;
+    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(60)).await;
     let (ids, malformed) = produce(&run, &broker.bootstrap(), "paced", 3000, 3000, 0.0).await;
     assert_eq!(malformed, 0);
     let expected = produced_ids(&ids);

@@ -78,6 +78,22 @@ pub fn produced_ids(path: &std::path::Path) -> HashSet<String> {
     lagscale_tests::pipeline::produced_ids(path).expect("ids file")
 }
 
+/// Waits until every worker reports `partitions` assigned partitions.
+pub async fn wait_assigned(workers: &[&Worker], partitions: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = true;
+        for w in workers {
+            all &= metric(&get(w.metrics, "/metrics").await.1, "assigned_partitions") == partitions;
+        }
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "every worker holds {partitions} partitions within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until MongoDB holds `n` events.
 pub async fn wait_for_count(db: &mongodb::Database, n: u64, within: Duration) {
     let deadline = Instant::now() + within;
