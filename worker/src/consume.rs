@@ -617,14 +617,12 @@ impl FetchPacing {
 
     /// After a poll round that read `anything` (or not): pauses or resumes the assignment.
     fn after_round(&mut self, consumer: &BaseConsumer<WorkerContext>, anything: bool, metrics: &Metrics) {
+        // Resume once the pause is over; pause after an empty poll; otherwise nothing to do.
         let resume = match self.paused_until {
-            Some(until) => Instant::now() >= until,
-            None if anything || self.pause.is_zero() => return,
-            None => false,
+            Some(until) if Instant::now() >= until => true,
+            None if !anything && !self.pause.is_zero() => false,
+            _ => return,
         };
-        if !resume && self.paused_until.is_some() {
-            return;
-        }
         let Ok(assignment) = consumer.assignment() else {
             return;
         };
