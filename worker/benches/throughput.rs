@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lagscale_tests::process::ServiceProcess;
 use lagscale_tests::procfs::{cpu_seconds, rss_kib};
 use lagscale_tests::{Broker, Mongod, RunDir};
@@ -136,6 +136,31 @@ async fn total_in(db: &mongodb::Database, collections: [&str; 2]) -> u64 {
     n
 }
 
+/// Share of a collection's documents, in insertion (`$natural`) order, whose `ts` is more
+/// than `slack` older than a document inserted before them.
+async fn written_behind(collection: &mongodb::Collection<Document>, slack: Duration) -> f64 {
+    let options = mongodb::options::FindOptions::builder()
+        .sort(doc! { "$natural": 1 })
+        .projection(doc! { "ts": 1, "_id": 0 })
+        .build();
+    let docs: Vec<Document> =
+        collection.find(doc! {}).with_options(options).await.expect("find").try_collect().await.expect("read");
+    let slack = slack.as_millis() as i64;
+    let mut newest = i64::MIN;
+    let mut behind = 0;
+    for d in &docs {
+        let ts = d.get_datetime("ts").expect("ts").timestamp_millis();
+        if ts < newest.saturating_sub(slack) {
+            behind += 1;
+        }
+        newest = newest.max(ts);
+    }
+    behind as f64 / docs.len().max(1) as f64
+}
+
+/// Partitions per topic on the bench's broker.
+const PARTITIONS: i32 = 6;
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -205,6 +230,11 @@ async fn drain(
         events as f64 / launched.elapsed().as_secs_f64(),
     );
     println!("  CPU: {}", cpu.report(events - first_count));
+    // How far from time order MongoDB received them: the ceiling writes in creation order,
+    // the worker in the order the broker hands out partitions.
+    let slack = Duration::from_millis(100);
+    let behind = written_behind(&db.collection(&gpu), slack).await;
+    println!("  order: {:.1} % of {gpu} written over {slack:?} behind an earlier-written event", 100.0 * behind);
     drop(worker);
     // The next round starts, like the ceiling's, from empty collections and a broker that no
     // longer holds this backlog (its saves cost in proportion to what it holds).
@@ -269,8 +299,8 @@ async fn main() {
     let rebalances = env_or("BENCH_REBALANCES", 5);
     let run = RunDir::new("bench-worker").expect("run dir");
     let broker = Broker::start(&run).await.expect("broker");
-    broker.create_topic("gpu_metrics", 6).await.expect("topic");
-    broker.create_topic("token_usage", 6).await.expect("topic");
+    broker.create_topic("gpu_metrics", PARTITIONS).await.expect("topic");
+    broker.create_topic("token_usage", PARTITIONS).await.expect("topic");
     let mongod = Mongod::start(&run).await.expect("mongod");
     let client = mongod.client().await.expect("client");
 
@@ -284,8 +314,10 @@ async fn main() {
         let (kind, (_, payload, _)) =
             if i % 2 == 0 { (Kind::GpuMetrics, g.gpu_metric()) } else { (Kind::TokenUsage, g.token_usage()) };
         let topic = if kind == Kind::GpuMetrics { "gpu_metrics" } else { "token_usage" };
-        // Coordinates as the worker sees them: six partitions per topic.
-        let at = Coordinates { topic, partition: (i / 2 % 6) as i32, offset: (i / 12) as i64 };
+        // Coordinates as the worker sees them: each topic's events dealt over its partitions.
+        let n = (i / 2) as i64;
+        let at =
+            Coordinates { topic, partition: (n % i64::from(PARTITIONS)) as i32, offset: n / i64::from(PARTITIONS) };
         let mut document = decode(kind, Some(&payload), at, 1 << 20, DateTime::now()).expect("valid").document;
         // What the worker stamps on every document it writes.
         document.append("processed_by", rawdoc! { "worker": "bench-1-0000000000", "generation": 1_i64 });
@@ -298,13 +330,27 @@ async fn main() {
             (gpu.into_iter().map(|(_, d)| d).collect(), token.into_iter().map(|(_, d)| d).collect())
         })
         .collect();
-    drop(docs);
+    // The same documents in the order the worker receives them from this broker: each topic
+    // partition by partition (noida-db returns whole partitions), so time-ordered keys (`_id`
+    // is a UUIDv7, `ts`) go into the middle of their indexes instead of onto the right edge.
+    // Not the target's ceiling: it shows how much of the gap is mongod's cost of that order.
+    let by_partition = |kind: Kind| -> Vec<RawDocumentBuf> {
+        let mut of_kind: Vec<(usize, &RawDocumentBuf)> =
+            docs.iter().filter(|(k, _)| *k == kind).map(|(_, d)| d).enumerate().collect();
+        of_kind.sort_by_key(|(i, _)| (i % PARTITIONS as usize, *i));
+        of_kind.into_iter().map(|(_, d)| d.clone()).collect()
+    };
+    let (gpu_arrival, token_arrival) = (by_partition(Kind::GpuMetrics), by_partition(Kind::TokenUsage));
+    let arrival_rounds: Vec<(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)> =
+        gpu_arrival.chunks(1000).zip(token_arrival.chunks(1000)).map(|(g, t)| (g.to_vec(), t.to_vec())).collect();
+    drop((docs, gpu_arrival, token_arrival));
     // 1-2. Ceiling and worker, alternated: this machine's speed drifts (shared cores), so
     //      each round measures both, and the figures compared are the rounds' medians. A
     //      round's ceiling is the better of one and two rounds in flight.
     let mut ceilings = Vec::new();
     let mut workers = Vec::new();
     let mut ratios = Vec::new();
+    let (mut arrival_ceilings, mut arrival_ratios) = (Vec::new(), Vec::new());
     let mut rss_max = 0u64;
     for round in 0..env_or("BENCH_ROUNDS", 5) {
         let mut ceiling = 0f64;
@@ -313,11 +359,23 @@ async fn main() {
             ceiling = ceiling.max(insert_rate(&mongod, &broker, &rounds, &database, in_flight).await);
         }
         ceilings.push(ceiling);
+        let mut arrival = 0f64;
+        for in_flight in [1, 2] {
+            let database = format!("arrival{round}-{in_flight}");
+            arrival = arrival.max(insert_rate(&mongod, &broker, &arrival_rounds, &database, in_flight).await);
+        }
+        arrival_ceilings.push(arrival);
         let (rate, rss) = drain(&run, &broker, &mongod, &client, round, events).await;
         workers.push(rate);
         rss_max = rss_max.max(rss);
-        println!("round {round}: worker / ceiling = {:.0} %", 100.0 * rate / ceiling);
+        println!(
+            "round {round}: worker / ceiling = {:.0} % (ceiling in arrival order / ceiling = {:.0} %, worker / that = {:.0} %)",
+            100.0 * rate / ceiling,
+            100.0 * arrival / ceiling,
+            100.0 * rate / arrival,
+        );
         ratios.push(rate / ceiling);
+        arrival_ratios.push(rate / arrival);
     }
     let (ceiling, worker_rate) = (median(&ceilings), median(&workers));
     println!(
@@ -326,6 +384,13 @@ async fn main() {
         100.0 * ratios.iter().copied().fold(f64::INFINITY, f64::min),
         100.0 * ratios.iter().copied().fold(0.0, f64::max),
         100.0 * median(&ratios),
+    );
+    println!(
+        "  the same documents inserted in the worker's arrival order (partition by partition): median {:.0} docs/s, \
+         {:.0} % of the ceiling; the worker reached a median {:.0} % of that",
+        median(&arrival_ceilings),
+        100.0 * median(&arrival_ceilings) / ceiling,
+        100.0 * median(&arrival_ratios),
     );
     println!(
         "worker RSS while draining a backlog: max {:.1} MiB (noida-db ignores fetch max_bytes and returns whole partitions)",
@@ -413,10 +478,16 @@ async fn main() {
     let baseline = n as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64());
     drop(stream);
     println!("insert_one: {baseline:>7.0} docs/s  ({n} messages, one insert_one each)");
+    // Two estimates that drift apart on a busy machine: the medians' ratio, and the median of
+    // each round's own ratio (worker and ceiling measured under the same load). The target
+    // counts as met only when both reach it.
+    let paired = median(&ratios);
     println!(
-        "ratios:   worker / ceiling = {:.0} % (target >= 80 %: {}); worker / insert_one = {:.0}x (target >= 20x: {})",
+        "ratios:   worker / ceiling = {:.0} % by the medians, {:.0} % round by round (target >= 80 % by both: {}); \
+         worker / insert_one = {:.0}x (target >= 20x: {})",
         100.0 * worker_rate / ceiling,
-        if worker_rate >= 0.8 * ceiling { "meets" } else { "MISSES" },
+        100.0 * paired,
+        if worker_rate >= 0.8 * ceiling && paired >= 0.8 { "meets" } else { "MISSES" },
         worker_rate / baseline,
         if worker_rate >= 20.0 * baseline { "meets" } else { "MISSES" },
     );
