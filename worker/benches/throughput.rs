@@ -91,6 +91,21 @@ impl CpuMeter {
     }
 }
 
+/// The better of [`insert_rate`] with one and with two rounds in flight, each into its own
+/// database (`{prefix}-{in_flight}`).
+async fn best_insert_rate(
+    mongod: &Mongod,
+    broker: &Broker,
+    rounds: &[(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)],
+    prefix: &str,
+) -> f64 {
+    let mut best = 0f64;
+    for in_flight in [1, 2] {
+        best = best.max(insert_rate(mongod, broker, rounds, &format!("{prefix}-{in_flight}"), in_flight).await);
+    }
+    best
+}
+
 /// Writes `rounds` (gpu, token documents) into `database` with `in_flight` rounds at once and
 /// prints the rate and where the CPU went.
 async fn insert_rate(
@@ -353,17 +368,9 @@ async fn main() {
     let (mut arrival_ceilings, mut arrival_ratios) = (Vec::new(), Vec::new());
     let mut rss_max = 0u64;
     for round in 0..env_or("BENCH_ROUNDS", 5) {
-        let mut ceiling = 0f64;
-        for in_flight in [1, 2] {
-            let database = format!("ceiling{round}-{in_flight}");
-            ceiling = ceiling.max(insert_rate(&mongod, &broker, &rounds, &database, in_flight).await);
-        }
+        let ceiling = best_insert_rate(&mongod, &broker, &rounds, &format!("ceiling{round}")).await;
         ceilings.push(ceiling);
-        let mut arrival = 0f64;
-        for in_flight in [1, 2] {
-            let database = format!("arrival{round}-{in_flight}");
-            arrival = arrival.max(insert_rate(&mongod, &broker, &arrival_rounds, &database, in_flight).await);
-        }
+        let arrival = best_insert_rate(&mongod, &broker, &arrival_rounds, &format!("arrival{round}")).await;
         arrival_ceilings.push(arrival);
         let (rate, rss) = drain(&run, &broker, &mongod, &client, round, events).await;
         workers.push(rate);
