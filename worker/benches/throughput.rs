@@ -324,7 +324,8 @@ async fn main() {
     //    them), with one and with two rounds in flight (the worker's default); the better is
     //    the ceiling. Each in its own database, so neither meets the other's duplicates.
     let mut g = Generator::new(99, 16, 8);
-    let mut docs: Vec<(Kind, RawDocumentBuf)> = Vec::with_capacity(events as usize);
+    // Each document with its kind and partition.
+    let mut docs: Vec<(Kind, i32, RawDocumentBuf)> = Vec::with_capacity(events as usize);
     for i in 0..events {
         let (kind, (_, payload, _)) =
             if i % 2 == 0 { (Kind::GpuMetrics, g.gpu_metric()) } else { (Kind::TokenUsage, g.token_usage()) };
@@ -336,13 +337,16 @@ async fn main() {
         let mut document = decode(kind, Some(&payload), at, 1 << 20, DateTime::now()).expect("valid").document;
         // What the worker stamps on every document it writes.
         document.append("processed_by", rawdoc! { "worker": "bench-1-0000000000", "generation": 1_i64 });
-        docs.push((kind, document));
+        docs.push((kind, at.partition, document));
     }
     let rounds: Vec<(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)> = docs
         .chunks(2000)
         .map(|chunk| {
-            let (gpu, token): (Vec<_>, Vec<_>) = chunk.iter().cloned().partition(|(k, _)| *k == Kind::GpuMetrics);
-            (gpu.into_iter().map(|(_, d)| d).collect(), token.into_iter().map(|(_, d)| d).collect())
+            let (gpu, token): (Vec<_>, Vec<_>) = chunk.iter().partition(|(k, _, _)| *k == Kind::GpuMetrics);
+            (
+                gpu.into_iter().map(|(_, _, d)| d.clone()).collect(),
+                token.into_iter().map(|(_, _, d)| d.clone()).collect(),
+            )
         })
         .collect();
     // The same documents in the order the worker receives them from this broker: each topic
@@ -350,9 +354,10 @@ async fn main() {
     // is a UUIDv7, `ts`) go into the middle of their indexes instead of onto the right edge.
     // Not the target's ceiling: it shows how much of the gap is mongod's cost of that order.
     let by_partition = |kind: Kind| -> Vec<RawDocumentBuf> {
-        let mut of_kind: Vec<(usize, &RawDocumentBuf)> =
-            docs.iter().filter(|(k, _)| *k == kind).map(|(_, d)| d).enumerate().collect();
-        of_kind.sort_by_key(|(i, _)| (i % PARTITIONS as usize, *i));
+        let mut of_kind: Vec<(i32, &RawDocumentBuf)> =
+            docs.iter().filter(|(k, _, _)| *k == kind).map(|(_, p, d)| (*p, d)).collect();
+        // Stable: each partition keeps its offset order.
+        of_kind.sort_by_key(|(p, _)| *p);
         of_kind.into_iter().map(|(_, d)| d.clone()).collect()
     };
     let (gpu_arrival, token_arrival) = (by_partition(Kind::GpuMetrics), by_partition(Kind::TokenUsage));
