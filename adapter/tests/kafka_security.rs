@@ -1,7 +1,7 @@
-//! The adapter's own Kafka connections over TLS (rustls against socat's OpenSSL, with client
-//! certificates) and SASL, on a real broker whose advertised addresses are TLS-only (see
-//! `lagscale_tests::tls_kafka`). The producers and committers here are librdkafka over the same
-//! listener: the properties that configure the workers configure the adapter.
+//! The adapter's own Kafka connections over TLS (rustls against Apache Kafka's own SSL listener,
+//! which requires client certificates) and SASL_SSL (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN). The
+//! producers and committers here are librdkafka over the same listener: the properties that
+//! configure the workers configure the adapter.
 
 mod common;
 
@@ -14,7 +14,8 @@ use lag_adapter::error::KafkaError;
 use lag_adapter::kafka_security::{KafkaProperty, KafkaSecurity};
 use lag_adapter::lag::Watermarks;
 use lagscale_tests::pki::Ca;
-use lagscale_tests::{KafkaEndpoint, RunDir, TlsBroker, TlsBrokerOptions};
+use lagscale_tests::kafka::{PLAIN_ONLY_USER, SASL_PASSWORD};
+use lagscale_tests::{Broker, BrokerOptions, Endpoint, KafkaEndpoint, RunDir};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
@@ -26,7 +27,7 @@ fn security(entries: &[String]) -> KafkaSecurity {
     KafkaSecurity::from_properties(&props(entries)).expect("valid properties")
 }
 
-async fn create_topic(broker: &TlsBroker, name: &str, partitions: i32) {
+async fn create_topic(broker: &Endpoint, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = broker.client_config().create().expect("admin");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for r in admin
@@ -38,7 +39,7 @@ async fn create_topic(broker: &TlsBroker, name: &str, partitions: i32) {
     }
 }
 
-async fn cycle(broker: &TlsBroker, security: KafkaSecurity) -> Result<Collected, KafkaError> {
+async fn cycle(broker: &Endpoint, security: KafkaSecurity) -> Result<Collected, KafkaError> {
     let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3)).with_security(security);
     collector.collect(&BTreeSet::new(), &BTreeSet::new()).await
 }
@@ -46,23 +47,19 @@ async fn cycle(broker: &TlsBroker, security: KafkaSecurity) -> Result<Collected,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_exact_over_mutual_tls_and_the_adapter_serves_it() {
     let run = RunDir::new("kafka-mtls").expect("run dir");
-    let options = TlsBrokerOptions { require_client_cert: true, ..TlsBrokerOptions::default() };
-    let broker = TlsBroker::start(&run, options).await.expect("TLS broker");
+    let kafka = Broker::start(&run).await.expect("broker");
+    let broker = kafka.ssl();
     create_topic(&broker, "orders", 4).await;
     produce(&broker, "orders", &[0, 1, 2, 3], 10).await;
     commit(&broker, "billing", &[("orders", 0, 4), ("orders", 1, 10), ("orders", 2, 1)]);
 
-    let collected = cycle(&broker, security(&broker.tls_properties())).await.expect("cycle over mutual TLS");
+    let collected = cycle(&broker, security(&broker.properties)).await.expect("cycle over mutual TLS");
     assert_eq!(collected.topics["orders"], vec![Watermarks { log_start: 0, log_end: 10 }; 4]);
     let billing = &collected.groups["billing"].commits["orders"];
     assert_eq!(billing.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>(), vec![(0, 4), (1, 10), (2, 1)]);
 
     // The whole adapter, configured by flags exactly as KAFKA_PROPERTIES configures a worker.
-    let mut flags = Vec::new();
-    for p in broker.tls_properties() {
-        flags.push("--kafka-property".to_owned());
-        flags.push(p);
-    }
+    let flags = broker.property_flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let adapter = Adapter::start(&broker.bootstrap(), &flags).await;
     // 6 + 0 + 9 on the committed partitions; p3 is uncommitted (latest policy: 0).
@@ -76,17 +73,17 @@ async fn lag_is_exact_over_mutual_tls_and_the_adapter_serves_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_refuses_what_it_cannot_trust() {
     let run = RunDir::new("kafka-tls-refusals").expect("run dir");
-    let options =
-        TlsBrokerOptions { server_names: vec!["kafka-0.kafka.pipeline.svc".into()], require_client_cert: true };
-    let broker = TlsBroker::start(&run, options).await.expect("TLS broker");
+    let options = BrokerOptions { server_names: vec!["kafka-0.kafka.pipeline.svc".into()], ..BrokerOptions::default() };
+    let kafka = Broker::start_with(&run, options).await.expect("broker");
+    let broker = kafka.ssl();
     let with = |extra: &[String]| {
-        let mut all = broker.tls_properties();
+        let mut all = broker.properties.clone();
         all.extend_from_slice(extra);
         all
     };
 
     // The certificate names the in-cluster service, not 127.0.0.1: refused by default...
-    let e = cycle(&broker, security(&broker.tls_properties())).await.expect_err("host name mismatch");
+    let e = cycle(&broker, security(&broker.properties)).await.expect_err("host name mismatch");
     eprintln!("name mismatch: {e}");
     assert_eq!(e.kind(), "tls", "{e}");
     assert!(e.to_string().contains("not valid for name"), "{e}");
@@ -105,17 +102,14 @@ async fn tls_refuses_what_it_cannot_trust() {
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
 
     // No client certificate, where the listener requires one.
-    let anonymous = vec!["security.protocol=SSL".to_owned(), format!("ssl.ca.location={}", broker.ca.display()), none];
+    let anonymous = vec!["security.protocol=SSL".to_owned(), format!("ssl.ca.location={}", kafka.tls.ca.display()), none];
     let e = cycle(&broker, security(&anonymous)).await.expect_err("no client certificate");
     eprintln!("no client certificate: {e}");
     assert!(e.to_string().contains("CertificateRequired"), "{e}");
 
     // The running adapter counts the failures by kind and answers 503 rather than a stale 0.
     let mut flags = vec!["--max-snapshot-age".to_owned(), "1s".to_owned()];
-    for p in broker.tls_properties() {
-        flags.push("--kafka-property".to_owned());
-        flags.push(p);
-    }
+    flags.extend(broker.property_flags());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let adapter = Adapter::start(&broker.bootstrap(), &flags).await;
     adapter.until(&selecting(LAG, "consumergroup=any"), "503 while TLS fails", |s, _| s == 503).await;
@@ -125,34 +119,40 @@ async fn tls_refuses_what_it_cannot_trust() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_plain_over_tls_and_scram_refuses_a_broker_that_cannot_prove_the_password() {
+async fn sasl_scram_and_plain_over_tls_and_wrong_credentials_fail_closed() {
     let run = RunDir::new("kafka-sasl").expect("run dir");
-    let broker = TlsBroker::start(&run, TlsBrokerOptions::default()).await.expect("TLS broker");
-    create_topic(&broker, "tokens", 2).await;
-    produce(&broker, "tokens", &[0, 1], 5).await;
-    commit(&broker, "meter", &[("tokens", 0, 2), ("tokens", 1, 5)]);
+    let kafka = Broker::start(&run).await.expect("broker");
+    let plain = kafka.sasl("PLAIN");
+    create_topic(&plain, "tokens", 2).await;
+    produce(&plain, "tokens", &[0, 1], 5).await;
+    commit(&plain, "meter", &[("tokens", 0, 2), ("tokens", 1, 5)]);
 
-    let sasl = |mechanism: &str| {
-        let mut p: Vec<String> = broker.tls_properties().into_iter().filter(|p| p != "security.protocol=SSL").collect();
-        p.extend([
-            "security.protocol=SASL_SSL".to_owned(),
-            format!("sasl.mechanism={mechanism}"),
-            "sasl.username=lag-adapter".to_owned(),
-            "sasl.password=correct horse".to_owned(),
-        ]);
-        p
-    };
-    // PLAIN: handshake, authenticate, then the whole cycle on the authenticated connections.
-    let collected = cycle(&broker, security(&sasl("PLAIN"))).await.expect("SASL_SSL PLAIN");
-    assert_eq!(collected.groups["meter"].commits["tokens"].values().copied().collect::<Vec<_>>(), vec![2, 5]);
-    assert_eq!(collected.topics["tokens"], vec![Watermarks { log_start: 0, log_end: 5 }; 2]);
+    // Each mechanism: handshake, authenticate, then the whole cycle on the authenticated
+    // connections (SCRAM checks the broker's server signature too).
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let endpoint = kafka.sasl(mechanism);
+        let collected = cycle(&endpoint, security(&endpoint.properties)).await.expect(mechanism);
+        assert_eq!(
+            collected.groups["meter"].commits["tokens"].values().copied().collect::<Vec<_>>(),
+            vec![2, 5],
+            "{mechanism}"
+        );
+        assert_eq!(collected.topics["tokens"], vec![Watermarks { log_start: 0, log_end: 5 }; 2], "{mechanism}");
+    }
 
-    // This broker enables only PLAIN. SCRAM must fail closed: no server signature, no session.
-    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
-        let e = cycle(&broker, security(&sasl(mechanism))).await.expect_err(mechanism);
-        eprintln!("{mechanism}: {e}");
+    // A wrong password, and a user that has PLAIN credentials but no SCRAM ones: refused, and
+    // the password never appears in the error.
+    let wrong = "not-the-password";
+    for (mechanism, user, password) in [
+        ("PLAIN", lagscale_tests::kafka::SASL_USER, wrong),
+        ("SCRAM-SHA-256", lagscale_tests::kafka::SASL_USER, wrong),
+        ("SCRAM-SHA-512", PLAIN_ONLY_USER, SASL_PASSWORD),
+    ] {
+        let endpoint = kafka.sasl_as(mechanism, user, password);
+        let e = cycle(&endpoint, security(&endpoint.properties)).await.expect_err(mechanism);
+        eprintln!("{mechanism} as {user}: {e}");
         assert_eq!(e.kind(), "authentication", "{e}");
         assert!(e.to_string().contains(&format!("SASL {mechanism} authentication")), "{e}");
-        assert!(!e.to_string().contains("correct horse"), "the password never appears: {e}");
+        assert!(!e.to_string().contains(password), "the password never appears: {e}");
     }
 }

@@ -135,10 +135,6 @@ impl Pipeline {
                 format!("127.0.0.1:{http}").into(),
                 "--metrics-listen".into(),
                 format!("127.0.0.1:{metrics}").into(),
-                // noida-db answers empty fetches at once: without the pause an idle worker
-                // fetches in a loop (0.8 of this machine's 2 cores, with the broker's share).
-                "--idle-fetch-pause".into(),
-                "1s".into(),
             ];
             let name = format!("projection-worker-{i}");
             let process =

@@ -19,8 +19,27 @@ fn locate(tool: &'static str, env: &'static str, default: PathBuf) -> Result<Pat
     if path.is_file() { Ok(path) } else { Err(Error::ToolMissing { tool, path, env }) }
 }
 
-pub fn noida_db() -> Result<PathBuf> {
-    locate("noida-db", "LAGSCALE_NOIDA_DB", tools_dir().join("noida-db-0.2.3/noida-db"))
+/// The Kafka version `scripts/install-services.sh` installs unless told otherwise.
+pub const DEFAULT_KAFKA_VERSION: &str = "4.4.0";
+
+/// The directory of Apache Kafka's jars (the broker and its CLI tools).
+pub fn kafka_libs() -> Result<PathBuf> {
+    let default = tools_dir().join(format!("kafka-{DEFAULT_KAFKA_VERSION}/libs"));
+    let path = std::env::var_os("LAGSCALE_KAFKA_LIBS").map(PathBuf::from).unwrap_or(default);
+    if path.join(format!("kafka_2.13-{}.jar", kafka_version())).is_file() {
+        Ok(path)
+    } else {
+        Err(Error::ToolMissing { tool: "Apache Kafka's jars", path, env: "LAGSCALE_KAFKA_LIBS" })
+    }
+}
+
+/// The Kafka version the harness runs (`LAGSCALE_KAFKA_VERSION`, set by the install script).
+pub fn kafka_version() -> String {
+    std::env::var("LAGSCALE_KAFKA_VERSION").unwrap_or_else(|_| DEFAULT_KAFKA_VERSION.to_owned())
+}
+
+pub fn java() -> Result<PathBuf> {
+    locate("java", "LAGSCALE_JAVA", PathBuf::from("/usr/bin/java"))
 }
 
 pub fn mongod() -> Result<PathBuf> {

@@ -1,11 +1,12 @@
-//! The harness's broker speaks real Kafka: topics, produce, group consume + commit, and the
-//! offsets lag is computed from (watermarks, committed offsets) read back.
+//! The harness's Apache Kafka broker: topics, produce, group consume + commit, the offsets lag is
+//! computed from (watermarks, committed offsets) read back, restarts and crashes, and the
+//! three-broker cluster's failover and leader moves.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lagscale_tests::{Broker, RunDir};
+use lagscale_tests::{Broker, BrokerCluster, KafkaEndpoint, RunDir};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -145,12 +146,85 @@ async fn broker_restart_keeps_data_and_port() {
     let total: i64 = watermarks(&broker).values().map(|(low, high)| high - low).sum();
     assert_eq!(total, 100, "data survives a stop and restart");
 
-    // kill -9 is a crash: the broker comes back on the same port from its last graceful
-    // snapshot (the emulator keeps its log in memory; see Broker::kill) and takes writes.
+    // kill -9 is a crash: Kafka recovers its log from disk and keeps every acknowledged record.
     broker.kill();
+    assert_eq!(broker.pid(), None);
     broker.restart().await.expect("restart after kill -9");
-    let before: i64 = watermarks(&broker).values().map(|(_, high)| high).sum();
+    let after_crash: i64 = watermarks(&broker).values().map(|(low, high)| high - low).sum();
+    assert_eq!(after_crash, 100, "acknowledged records survive kill -9");
     produce(&broker, 10, "y").await;
     let after: i64 = watermarks(&broker).values().map(|(_, high)| high).sum();
-    assert_eq!(after - before, 10);
+    assert_eq!(after, 110);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replicates_fails_over_and_moves_leaders() {
+    let run = RunDir::new("kafka-cluster").expect("run dir");
+    let mut cluster = BrokerCluster::start(&run, 3).await.expect("cluster");
+    assert_eq!(cluster.node_ids(), vec![1, 2, 3]);
+    cluster.create_topic(TOPIC, PARTITIONS).await.expect("create topic");
+    let leaders = cluster.leaders(TOPIC).await.expect("leaders");
+    let distinct: std::collections::BTreeSet<i32> = leaders.values().copied().collect();
+    assert_eq!(distinct.len(), 3, "leaders spread over the three brokers: {leaders:?}");
+    produce_to(&cluster, 300, "a").await;
+
+    // Move partition 0's leadership to another broker.
+    let from = leaders[&0];
+    let to = cluster.node_ids().into_iter().find(|&id| id != from).expect("another node");
+    cluster.move_leader(TOPIC, 0, to).await.expect("move leader");
+    assert_eq!(cluster.leaders(TOPIC).await.expect("leaders")[&0], to);
+
+    // kill -9 of partition 0's new leader: another replica takes over, nothing acknowledged is
+    // lost, and writes go on.
+    cluster.kill(to).expect("kill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let new_leader = loop {
+        let leaders = cluster.leaders(TOPIC).await.expect("leaders");
+        if let Some(&l) = leaders.get(&0).filter(|&&l| l >= 0 && l != to) {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failover within 60 s: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(new_leader, to);
+    produce_to(&cluster, 30, "b").await;
+    cluster.restart(to).await.expect("restart");
+    cluster.wait_fully_replicated().await.expect("in sync again");
+    let total: i64 = cluster_watermarks(&cluster).values().map(|(low, high)| high - low).sum();
+    assert_eq!(total, 330, "every acknowledged record is there after failover");
+
+    // The coordinator of a group is the leader of its __consumer_offsets partition.
+    let consumer: BaseConsumer = cluster.client_config().set("group.id", "harness-group").create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Offset(1)).expect("tpl");
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    let coordinator = cluster.coordinator("harness-group").await.expect("coordinator");
+    assert!(cluster.node_ids().contains(&coordinator), "coordinator {coordinator}");
+}
+
+async fn produce_to(cluster: &BrokerCluster, count: usize, tag: &str) {
+    let producer: FutureProducer =
+        cluster.client_config().set("linger.ms", "5").set("acks", "all").create().expect("producer");
+    let sends: Vec<_> = (0..count)
+        .map(|i| {
+            let producer = producer.clone();
+            let (key, payload) = (format!("key-{i}"), format!("{tag}-{i}"));
+            async move {
+                producer
+                    .send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        })
+        .collect();
+    for result in futures::future::join_all(sends).await {
+        result.expect("delivery");
+    }
+}
+
+fn cluster_watermarks(cluster: &BrokerCluster) -> HashMap<i32, (i64, i64)> {
+    let consumer: BaseConsumer = cluster.client_config().create().expect("consumer");
+    (0..PARTITIONS)
+        .map(|p| (p, consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).expect("watermarks")))
+        .collect()
 }

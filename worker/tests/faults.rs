@@ -6,17 +6,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{get, metric, produce, produced_ids, start_worker, stored_ids, topics, wait_assigned, wait_for_count};
-use lagscale_tests::{Broker, MockBroker, Mongod, RunDir};
+use lagscale_tests::{Broker, Mongod, RunDir};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-// The local broker (noida-db 0.2.3) never expires a member that dies without leaving, so a
-// SIGKILLed worker would wedge its group for good. librdkafka's mock cluster does evict it
-// after session.timeout.ms, as Apache Kafka does, so this test runs on it.
+// The worker dies without a LeaveGroup; Kafka's coordinator evicts it after session.timeout.ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_the_survivor_takes_over() {
     let run = RunDir::new("worker-kill").expect("run dir");
-    let broker = MockBroker::start(&run, &[("gpu_metrics", 6), ("token_usage", 6)]).await.expect("mock broker");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
     let mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
     let session = ["--session-timeout", "6s"];
@@ -277,10 +276,9 @@ async fn wait_written(workers: &[&common::Worker], at_least: f64, within: Durati
     }
 }
 
-/// The broker is killed (SIGKILL) while two workers drain a backlog, and restarted. noida-db
-/// then comes back from its last save: the log (saved when the workers joined, after the
-/// backlog was produced) but not the offsets committed since, so the workers replay. Every
-/// replayed event must land as a duplicate, never twice.
+/// The broker is killed (SIGKILL) while two workers drain a backlog, and restarted. Kafka
+/// recovers its log and committed offsets from disk; what the workers wrote after their last
+/// commit is replayed. Every replayed event must land as a duplicate, never twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_kill_9_mid_stream_replays_without_writing_twice() {
     let run = RunDir::new("worker-broker-kill").expect("run dir");
@@ -290,13 +288,6 @@ async fn broker_kill_9_mid_stream_replays_without_writing_twice() {
     let db = mongod.client().await.expect("client").database("pipeline");
     let (ids, _) = produce(&run, &broker.bootstrap(), "backlog", 60_000, 100_000, 0.0).await;
     let expected = produced_ids(&ids);
-    // noida-db keeps its log in memory and saves it at times of its own choosing (measured:
-    // killed right after a produce, it once came back with 50,495 of 60,000 acknowledged
-    // records). Apache Kafka would have them on disk and on replicas. A graceful restart makes
-    // the backlog durable, so what is under test is the offsets the crash takes back.
-    broker.stop();
-    broker.restart().await.expect("broker restarted gracefully");
-
     let fast_commits = ["--commit-interval", "1s"];
     let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &fast_commits);
     let w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &fast_commits);
@@ -381,12 +372,12 @@ async fn mongod_kill_9_mid_stream_loses_nothing() {
 
 /// A worker is SIGKILLed in the middle of a rebalance (all members have revoked, the new
 /// generation is not formed yet). The coordinator evicts it after the session timeout and the
-/// survivors complete the generation between them. On librdkafka's mock cluster, which expires
-/// dead members as Apache Kafka does.
+/// survivors complete the generation between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_kill_9_during_a_rebalance_loses_nothing() {
     let run = RunDir::new("worker-kill-rebalance").expect("run dir");
-    let broker = MockBroker::start(&run, &[("gpu_metrics", 6), ("token_usage", 6)]).await.expect("mock broker");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
     let mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
     let session = ["--session-timeout", "6s"];
