@@ -30,6 +30,19 @@ impl KafkaError {
         Self::Broker { api, code, name: error_name(code), context: context.into() }
     }
 
+    /// An I/O failure on an established connection. Under TLS 1.3 a broker that rejects the
+    /// client (no or an untrusted client certificate) says so with an alert that arrives on the
+    /// first read after the handshake: that is a TLS failure, not a network one.
+    pub fn io(addr: &str, source: std::io::Error) -> Self {
+        match source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(tls) => Self::Tls {
+                addr: addr.to_owned(),
+                message: format!("the broker ended the session: {tls} (does its listener require a client certificate?)"),
+            },
+            None => Self::Io { addr: addr.to_owned(), source },
+        }
+    }
+
     /// A label for metrics: what kind of failure, never which broker or group.
     pub fn kind(&self) -> &'static str {
         match self {

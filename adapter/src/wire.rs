@@ -240,22 +240,22 @@ impl Connection {
         let mut body = BytesMut::new();
         header.encode(&mut body, R::header_version(version)).map_err(|e| protocol(e.into()))?;
         request.encode(&mut body, version).map_err(|e| protocol(e.into()))?;
-        let io = |source| KafkaError::Io { addr: self.addr.clone(), source };
+        let io = |source| KafkaError::io(&self.addr, source);
         let mut frame = BytesMut::with_capacity(body.len() + 4);
         frame.put_i32(body.len() as i32);
         frame.extend_from_slice(&body);
         self.stream.write_all(&frame).await.map_err(io)?;
-        self.stream.flush().await.map_err(|source| KafkaError::Io { addr: self.addr.clone(), source })?;
+        self.stream.flush().await.map_err(|source| KafkaError::io(&self.addr, source))?;
         self.requests += 1;
 
-        let size = self.stream.read_i32().await.map_err(|source| KafkaError::Io { addr: self.addr.clone(), source })?;
+        let size = self.stream.read_i32().await.map_err(|source| KafkaError::io(&self.addr, source))?;
         let size = usize::try_from(size).ok().filter(|s| *s <= MAX_FRAME).ok_or_else(|| KafkaError::Protocol {
             api,
             addr: self.addr.clone(),
             message: format!("response frame of {size} bytes"),
         })?;
         let mut buf = vec![0u8; size];
-        self.stream.read_exact(&mut buf).await.map_err(|source| KafkaError::Io { addr: self.addr.clone(), source })?;
+        self.stream.read_exact(&mut buf).await.map_err(|source| KafkaError::io(&self.addr, source))?;
         let mut buf = Bytes::from(buf);
         let response_header = ResponseHeader::decode(&mut buf, <R::Response as HeaderVersion>::header_version(version))
             .map_err(|e| protocol(e.into()))?;
