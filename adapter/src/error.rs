@@ -37,7 +37,9 @@ impl KafkaError {
         match source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
             Some(tls) => Self::Tls {
                 addr: addr.to_owned(),
-                message: format!("the broker ended the session: {tls} (does its listener require a client certificate?)"),
+                message: format!(
+                    "the broker ended the session: {tls} (does its listener require a client certificate?)"
+                ),
             },
             None => Self::Io { addr: addr.to_owned(), source },
         }

@@ -13,8 +13,8 @@ use lag_adapter::collector::{Collected, Collector};
 use lag_adapter::error::KafkaError;
 use lag_adapter::kafka_security::{KafkaProperty, KafkaSecurity};
 use lag_adapter::lag::Watermarks;
-use lagscale_tests::pki::Ca;
 use lagscale_tests::kafka::{PLAIN_ONLY_USER, SASL_PASSWORD};
+use lagscale_tests::pki::Ca;
 use lagscale_tests::{Broker, BrokerOptions, Endpoint, KafkaEndpoint, RunDir};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -102,7 +102,8 @@ async fn tls_refuses_what_it_cannot_trust() {
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
 
     // No client certificate, where the listener requires one.
-    let anonymous = vec!["security.protocol=SSL".to_owned(), format!("ssl.ca.location={}", kafka.tls.ca.display()), none];
+    let anonymous =
+        vec!["security.protocol=SSL".to_owned(), format!("ssl.ca.location={}", kafka.tls.ca.display()), none];
     let e = cycle(&broker, security(&anonymous)).await.expect_err("no client certificate");
     eprintln!("no client certificate: {e}");
     assert_eq!(e.kind(), "tls", "{e}");

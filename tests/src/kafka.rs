@@ -81,7 +81,8 @@ impl Broker {
         let dir = run.sub("kafka")?;
         let tls = tls_material(&dir, &options.server_names)?;
         let keystore = dir.join("broker-keystore.pem");
-        let (plaintext_port, controller_port, ssl_port, sasl_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let (plaintext_port, controller_port, ssl_port, sasl_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
         let mut extra = listener_security(&keystore, &tls.ca);
         extra.extend(options.properties);
         let spec = NodeSpec {
@@ -312,7 +313,12 @@ pub async fn wait_for_leaders(endpoint: &impl KafkaEndpoint, topic: &str, partit
         let led = tokio::task::spawn_blocking(move || -> std::result::Result<usize, String> {
             let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
             let md = consumer.fetch_metadata(Some(&t), Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            Ok(md.topics().iter().flat_map(|t| t.partitions()).filter(|p| p.leader() >= 0 && p.error().is_none()).count())
+            Ok(md
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions())
+                .filter(|p| p.leader() >= 0 && p.error().is_none())
+                .count())
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
@@ -326,7 +332,12 @@ pub async fn wait_for_leaders(endpoint: &impl KafkaEndpoint, topic: &str, partit
     }
 }
 
-pub(crate) async fn delete_records(endpoint: &impl KafkaEndpoint, topic: &str, partition: i32, before: i64) -> Result<()> {
+pub(crate) async fn delete_records(
+    endpoint: &impl KafkaEndpoint,
+    topic: &str,
+    partition: i32,
+    before: i64,
+) -> Result<()> {
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(before))?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

@@ -52,12 +52,6 @@ pub struct Config {
     /// replays at most this much, idempotently.
     #[arg(long, env = "COMMIT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub commit_interval: Duration,
-    /// With nothing read for longer than `fetch.wait.max.ms`, fetching pauses this long (0,
-    /// the default, never pauses). For brokers that answer an empty fetch at once instead of
-    /// holding it (noida-db does): an idle consumer then fetches in a loop, ~1,700 fetches/s and
-    /// 0.8 cores between worker and broker. Kafka holds fetches itself: leave it off there.
-    #[arg(long, env = "IDLE_FETCH_PAUSE", default_value = "0s", value_parser = parse_duration)]
-    pub idle_fetch_pause: Duration,
     /// Largest accepted event; larger ones are dead-lettered.
     #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
     pub max_event_bytes: usize,
@@ -173,7 +167,6 @@ impl std::fmt::Debug for Config {
             .field("batch_size", &self.batch_size)
             .field("writes_in_flight", &self.writes_in_flight)
             .field("batch_linger", &self.batch_linger)
-            .field("idle_fetch_pause", &self.idle_fetch_pause)
             .field("commit_interval", &self.commit_interval)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("write_timeout", &self.write_timeout)
@@ -218,9 +211,6 @@ impl Config {
         }
         if self.gpu_topic == self.token_topic {
             return Err("--gpu-topic and --token-topic must differ".into());
-        }
-        if self.idle_fetch_pause > Duration::from_secs(5) {
-            return Err(format!("--idle-fetch-pause ({:?}) must be at most 5s", self.idle_fetch_pause));
         }
         if self.max_event_bytes < 1024 {
             return Err("--max-event-bytes must be at least 1024".into());
@@ -335,7 +325,5 @@ mod tests {
         assert!(parse(&["--commit-interval", "31s"]).expect_err("commit > session").contains("commit-interval"));
         assert!(parse(&["--token-topic", "gpu_metrics"]).is_err());
         assert!(parse(&["--drain-timeout", "soon"]).is_err());
-        assert!(parse(&["--idle-fetch-pause", "6s"]).expect_err("bounded").contains("--idle-fetch-pause"));
-        assert_eq!(parse(&["--idle-fetch-pause", "1s"]).expect("valid").idle_fetch_pause, Duration::from_secs(1));
     }
 }

@@ -578,71 +578,8 @@ impl Processing {
     }
 }
 
-/// Paces fetching when there is nothing to read, for brokers that answer an empty fetch at
-/// once instead of holding it for `fetch.wait.max.ms` (librdkafka then fetches in a loop). A
-/// poll that found nothing for longer than the broker may hold a fetch pauses the assigned
-/// partitions for `--idle-fetch-pause`. The queue is empty then, so the pause (librdkafka
-/// discards what it prefetched) drops nothing: what raced in is fetched again from the
-/// position, and nothing unread was committed.
-#[derive(Debug)]
-struct FetchPacing {
-    pause: Duration,
-    /// How long an empty poll waits before pausing: longer than `fetch.wait.max.ms`, or a
-    /// broker that does hold fetches would see each one discarded before it returns.
-    probe: Duration,
-    paused_until: Option<Instant>,
-}
-
-impl FetchPacing {
-    const POLL: Duration = Duration::from_millis(100);
-
-    fn new(config: &Config) -> Self {
-        let wait_ms = config
-            .kafka_properties()
-            .find(|(key, _)| *key == "fetch.wait.max.ms")
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(FETCH_WAIT_MAX_MS);
-        let probe = Duration::from_millis(wait_ms) + Duration::from_millis(50);
-        Self { pause: config.idle_fetch_pause, probe, paused_until: None }
-    }
-
-    fn poll_timeout(&self) -> Duration {
-        match self.paused_until {
-            // Nothing arrives while paused; a rebalance or stats event still wakes the poll.
-            Some(until) => until.saturating_duration_since(Instant::now()).min(Self::POLL),
-            None if self.pause.is_zero() => Self::POLL,
-            None => self.probe,
-        }
-    }
-
-    /// After a poll round that read `anything` (or not): pauses or resumes the assignment.
-    fn after_round(&mut self, consumer: &BaseConsumer<WorkerContext>, anything: bool, metrics: &Metrics) {
-        // Resume once the pause is over; pause after an empty poll; otherwise nothing to do.
-        let resume = match self.paused_until {
-            Some(until) if Instant::now() >= until => true,
-            None if !anything && !self.pause.is_zero() => false,
-            _ => return,
-        };
-        let Ok(assignment) = consumer.assignment() else {
-            return;
-        };
-        if resume {
-            // Resumes whatever is assigned now, a rebalance's new partitions included.
-            if let Err(e) = consumer.resume(&assignment) {
-                tracing::warn!(error = %e, "could not resume fetching");
-            }
-            self.paused_until = None;
-        } else if assignment.count() > 0 {
-            match consumer.pause(&assignment) {
-                Ok(()) => {
-                    self.paused_until = Some(Instant::now() + self.pause);
-                    metrics.idle_fetch_pauses.inc();
-                }
-                Err(e) => tracing::warn!(error = %e, "could not pause fetching"),
-            }
-        }
-    }
-}
+/// Longest a poll waits for a message: the loop must also launch, settle and commit batches.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// How long the broker may hold a fetch for `fetch.min.bytes` (unless overridden).
 const FETCH_WAIT_MAX_MS: u64 = 200;
@@ -699,12 +636,10 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
     tracing::info!(%worker, group = %config.group, "consuming");
 
     let mut members_checked = Instant::now();
-    let mut pacing = FetchPacing::new(&config);
     while !shared.stopping.load(Ordering::Relaxed) {
         shared.touch();
         // The lock is never held across a poll: rebalance callbacks run inside it and take it.
-        let mut message = consumer.poll(pacing.poll_timeout());
-        let anything = message.is_some();
+        let mut message = consumer.poll(POLL_TIMEOUT);
         let now = DateTime::now();
         let mut taken = 0;
         // Every message polled is added before the round ends: the position has moved past it.
@@ -740,7 +675,6 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
             Err(e) => tracing::warn!(error = %e, "flush failed"),
             Ok(()) => {}
         }
-        pacing.after_round(&consumer, anything, &shared.metrics);
         if consumer.context().members_stale.swap(false, Ordering::Relaxed)
             || members_checked.elapsed() > Duration::from_secs(10)
         {

@@ -21,8 +21,6 @@ pub struct Metrics {
     pub write_errors: IntCounter,
     /// Consumer lag per assigned partition (librdkafka statistics).
     pub partition_lag: IntGaugeVec,
-    /// Fetching paused for `--idle-fetch-pause` because there was nothing to read.
-    pub idle_fetch_pauses: IntCounter,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -57,10 +55,6 @@ impl Metrics {
                 Opts::new("partition_lag", "Messages behind per assigned partition."),
                 &["topic", "partition"],
             )),
-            idle_fetch_pauses: must(IntCounter::new(
-                "idle_fetch_pauses_total",
-                "Times fetching paused for --idle-fetch-pause because there was nothing to read.",
-            )),
             registry,
         };
         for c in [
@@ -73,7 +67,6 @@ impl Metrics {
             Box::new(m.batch_write_duration.clone()),
             Box::new(m.write_errors.clone()),
             Box::new(m.partition_lag.clone()),
-            Box::new(m.idle_fetch_pauses.clone()),
         ] {
             must(m.registry.register(c));
         }

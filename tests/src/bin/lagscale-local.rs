@@ -120,7 +120,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     println!();
-    println!("  kafka {:<12} {}   pid {:?}", lagscale_tests::tools::kafka_version(), pipeline.broker.bootstrap(), pipeline.broker.pid());
+    println!(
+        "  kafka {:<12} {}   pid {:?}",
+        lagscale_tests::tools::kafka_version(),
+        pipeline.broker.bootstrap(),
+        pipeline.broker.pid()
+    );
     println!("  mongod             {}   pid {:?}", pipeline.mongod.uri(), pipeline.mongod.pid());
     println!("  lag-adapter API    https://127.0.0.1:{}   pid {:?}", pipeline.adapter_api, pipeline.adapter.pid());
     println!("  adapter metrics    http://127.0.0.1:{}/metrics", pipeline.adapter_metrics);
