@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks the adapter on a real broker and prints its figures beside the targets: query
+# Benchmarks the adapter on Apache Kafka and prints its figures beside the targets: query
 # latency and TLS throughput (wrk) versus live Kafka per query, one collection cycle at
-# 200 groups x 1,000 partitions, and the adapter's RSS. Release build.
+# 200 groups x 1,000 partitions, and the adapter's RSS, on one broker; then the collection
+# cycle alone on a three-broker cluster (requests grow with brokers only). Release build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-services.sh kafka
@@ -13,3 +14,5 @@ fi
 . "${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}/env"
 export LAGSCALE_RUN_DIR=${LAGSCALE_RUN_DIR:-$PWD/target/lagscale-run}
 cargo bench --locked -p lag-adapter --bench query_cost
+echo "== the collection cycle on three brokers"
+BENCH_BROKERS=3 BENCH_CYCLE_ONLY=1 cargo bench --locked -p lag-adapter --bench query_cost

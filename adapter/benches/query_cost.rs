@@ -7,7 +7,9 @@
 //! - RSS of the adapter process at that scale.
 //!
 //! Figures are printed with the targets beside them; nothing is asserted (shared machines are
-//! noisy). Run: scripts/bench-adapter.sh. Scale: BENCH_GROUPS (200), BENCH_TOPICS (50),
+//! noisy). Run: scripts/bench-adapter.sh (one broker, then the cycle alone on three). Scale:
+//! BENCH_BROKERS (1, or 3: a replicated cluster), BENCH_CYCLE_ONLY (0; 1 stops after the
+//! cycle figures), BENCH_GROUPS (200), BENCH_TOPICS (50),
 //! BENCH_PARTITIONS (20 per topic), BENCH_TOPICS_PER_GROUP (1: each group consumes one topic,
 //! as in a real cluster; BENCH_TOPICS for the all-on-all stress, bounded by the broker's own
 //! OffsetFetch speed).
@@ -26,7 +28,7 @@ use lag_adapter::snapshot::{Histories, Snapshot};
 use lagscale_tests::net::free_port;
 use lagscale_tests::process::ServiceProcess;
 use lagscale_tests::procfs::status_kib;
-use lagscale_tests::{Broker, RunDir};
+use lagscale_tests::{Broker, BrokerCluster, KafkaEndpoint, RunDir};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -51,6 +53,36 @@ fn bucket_quantile(text: &str, series: &str, q: f64) -> Option<f64> {
     buckets.into_iter().find(|(_, count)| *count >= q * total).map(|(le, _)| le)
 }
 
+/// One broker or a three-broker cluster, as the bench is asked.
+#[derive(Debug)]
+enum Kafka {
+    One(Broker),
+    Cluster(BrokerCluster),
+}
+
+impl KafkaEndpoint for Kafka {
+    fn bootstrap(&self) -> String {
+        match self {
+            Self::One(b) => b.bootstrap(),
+            Self::Cluster(c) => c.bootstrap(),
+        }
+    }
+
+    fn client_config(&self) -> rdkafka::ClientConfig {
+        match self {
+            Self::One(b) => KafkaEndpoint::client_config(b),
+            Self::Cluster(c) => KafkaEndpoint::client_config(c),
+        }
+    }
+
+    fn replication_factor(&self) -> i32 {
+        match self {
+            Self::One(b) => b.replication_factor(),
+            Self::Cluster(c) => c.replication_factor(),
+        }
+    }
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets" } else { "MISSES" }
 }
@@ -62,11 +94,16 @@ async fn main() {
     let partitions = env_or("BENCH_PARTITIONS", 20) as i32;
     let per_group = env_or("BENCH_TOPICS_PER_GROUP", 1).clamp(1, topics_n);
     let run = RunDir::new("bench-adapter").expect("run dir");
-    let broker = Broker::start(&run).await.expect("broker");
+    let brokers = env_or("BENCH_BROKERS", 1);
+    let broker = if brokers > 1 {
+        Kafka::Cluster(BrokerCluster::start(&run, brokers as u32).await.expect("cluster"))
+    } else {
+        Kafka::One(Broker::start(&run).await.expect("broker"))
+    };
     let topics: Vec<String> = (0..topics_n).map(|t| format!("topic-{t:03}")).collect();
     let setup = Instant::now();
     for t in &topics {
-        broker.create_topic(t, partitions).await.expect("topic");
+        lagscale_tests::kafka::create_topic(&broker, t, partitions).await.expect("topic");
         common::produce(&broker, t, &(0..partitions).collect::<Vec<_>>(), 3).await;
     }
     // Every group commits on every partition: groups x partitions committed offsets.
@@ -80,13 +117,14 @@ async fn main() {
     }
     let total_partitions = topics_n * partitions as usize;
     println!(
-        "cluster: {topics_n} topics x {partitions} partitions = {total_partitions} partitions; {groups} groups, each committed on {per_group} topic(s) ({} group-partitions); setup {:.1?}",
+        "cluster: {brokers} broker(s), {topics_n} topics x {partitions} partitions = {total_partitions} partitions; {groups} groups, each committed on {per_group} topic(s) ({} group-partitions); setup {:.1?}",
         groups * per_group * partitions as usize,
         setup.elapsed()
     );
 
     // One collection cycle, in process, warm connections.
-    let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(10));
+    let mut collector =
+        Collector::new(broker.bootstrap().split(',').map(str::to_owned).collect(), Duration::from_secs(10));
     let none = BTreeSet::new();
     let first = collector.collect(&none, &none).await.expect("cycle");
     let mut cycle_times = Vec::new();
@@ -106,6 +144,10 @@ async fn main() {
         first.requests,
         first.requests.values().sum::<u64>(),
     );
+
+    if env_or("BENCH_CYCLE_ONLY", 0) == 1 {
+        return;
+    }
 
     // The adapter as its own process (release build), polling every 2 s.
     let api = free_port().expect("port");

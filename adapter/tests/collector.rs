@@ -101,7 +101,8 @@ async fn three_brokers_cost_per_broker_and_follow_moved_coordinators_and_leaders
             assert_eq!(commits, vec![(i % 10) as i64; 6], "{g}");
         }
     };
-    let mut collector = Collector::new(vec![cluster.bootstrap()], Duration::from_secs(3));
+    let mut collector =
+        Collector::new(cluster.bootstrap().split(',').map(str::to_owned).collect(), Duration::from_secs(3));
     // The first cycle finds the coordinators; the second is the steady state.
     collector.collect(&targets, &BTreeSet::new()).await.expect("cycle 1");
     let c = collector.collect(&targets, &BTreeSet::new()).await.expect("cycle 2");

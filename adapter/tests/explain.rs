@@ -48,7 +48,7 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     let (mut samples, mut rewound_samples) = (Vec::new(), Vec::new());
     for i in 0..4i64 {
         if i > 0 {
-            produce(&broker, "orders", &[1, 2], 20).await;
+            produce(&broker, "orders", &[1, 2], 40).await;
             commit(&broker, "billing", &[("orders", 2, 50 + 5 * i)]);
             commit(&broker, "rewinder", &[("orders", 0, 80 - 10 * i)]);
         }

@@ -114,9 +114,17 @@ async fn tls_refuses_what_it_cannot_trust() {
     flags.extend(broker.property_flags());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let adapter = Adapter::start(&broker.bootstrap(), &flags).await;
+    // Wait for a failed cycle to be counted (a 503 alone may come before the first cycle ends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = adapter.metrics_text().await;
+        if metrics.contains("lagscale_poll_errors_total{kind=\"tls\"}") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no TLS failure counted within 60 s:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     adapter.until(&selecting(LAG, "consumergroup=any"), "503 while TLS fails", |s, _| s == 503).await;
-    let metrics = adapter.metrics_text().await;
-    assert!(metrics.contains("lagscale_poll_errors_total{kind=\"tls\"}"), "{metrics}");
     adapter.stop().await;
 }
 

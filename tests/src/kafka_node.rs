@@ -20,11 +20,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Controlled shutdown of a broker whose quorum peers are gone can wait on them: cap it.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
-/// Small heaps and few threads: tests run several brokers beside mongod and the control plane
-/// on 2 cores, where CPU, not memory, is short.
+/// A fixed, pre-touched heap (RSS flat from the start, so the soak can judge the broker's memory
+/// too) and few threads: tests run several brokers beside mongod and the control plane on 2
+/// cores, where CPU, not memory, is short.
 const JVM_OPTIONS: &[&str] = &[
-    "-Xms256m",
+    "-Xms512m",
     "-Xmx512m",
+    "-XX:+AlwaysPreTouch",
     "-XX:+UseSerialGC",
     "-XX:ActiveProcessorCount=2",
     "-Xss512k",

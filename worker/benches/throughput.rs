@@ -349,45 +349,22 @@ async fn main() {
             )
         })
         .collect();
-    // The same documents in the order the worker receives them from this broker: each topic
-    // partition by partition (noida-db returns whole partitions), so time-ordered keys (`_id`
-    // is a UUIDv7, `ts`) go into the middle of their indexes instead of onto the right edge.
-    // Not the target's ceiling: it shows how much of the gap is mongod's cost of that order.
-    let by_partition = |kind: Kind| -> Vec<RawDocumentBuf> {
-        let mut of_kind: Vec<(i32, &RawDocumentBuf)> =
-            docs.iter().filter(|(k, _, _)| *k == kind).map(|(_, p, d)| (*p, d)).collect();
-        // Stable: each partition keeps its offset order.
-        of_kind.sort_by_key(|(p, _)| *p);
-        of_kind.into_iter().map(|(_, d)| d.clone()).collect()
-    };
-    let (gpu_arrival, token_arrival) = (by_partition(Kind::GpuMetrics), by_partition(Kind::TokenUsage));
-    let arrival_rounds: Vec<(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)> =
-        gpu_arrival.chunks(1000).zip(token_arrival.chunks(1000)).map(|(g, t)| (g.to_vec(), t.to_vec())).collect();
-    drop((docs, gpu_arrival, token_arrival));
+    drop(docs);
     // 1-2. Ceiling and worker, alternated: this machine's speed drifts (shared cores), so
     //      each round measures both, and the figures compared are the rounds' medians. A
     //      round's ceiling is the better of one and two rounds in flight.
     let mut ceilings = Vec::new();
     let mut workers = Vec::new();
     let mut ratios = Vec::new();
-    let (mut arrival_ceilings, mut arrival_ratios) = (Vec::new(), Vec::new());
     let mut rss_max = 0u64;
     for round in 0..env_or("BENCH_ROUNDS", 5) {
         let ceiling = best_insert_rate(&mongod, &broker, &rounds, &format!("ceiling{round}")).await;
         ceilings.push(ceiling);
-        let arrival = best_insert_rate(&mongod, &broker, &arrival_rounds, &format!("arrival{round}")).await;
-        arrival_ceilings.push(arrival);
         let (rate, rss) = drain(&run, &broker, &mongod, &client, round, events).await;
         workers.push(rate);
         rss_max = rss_max.max(rss);
-        println!(
-            "round {round}: worker / ceiling = {:.0} % (ceiling in arrival order / ceiling = {:.0} %, worker / that = {:.0} %)",
-            100.0 * rate / ceiling,
-            100.0 * arrival / ceiling,
-            100.0 * rate / arrival,
-        );
+        println!("round {round}: worker / ceiling = {:.0} %", 100.0 * rate / ceiling);
         ratios.push(rate / ceiling);
-        arrival_ratios.push(rate / arrival);
     }
     let (ceiling, worker_rate) = (median(&ceilings), median(&workers));
     println!(
@@ -398,14 +375,7 @@ async fn main() {
         100.0 * median(&ratios),
     );
     println!(
-        "  the same documents inserted in the worker's arrival order (partition by partition): median {:.0} docs/s, \
-         {:.0} % of the ceiling; the worker reached a median {:.0} % of that",
-        median(&arrival_ceilings),
-        100.0 * median(&arrival_ceilings) / ceiling,
-        100.0 * median(&arrival_ratios),
-    );
-    println!(
-        "worker RSS while draining a backlog: max {:.1} MiB (noida-db ignores fetch max_bytes and returns whole partitions)",
+        "worker RSS while draining a backlog: max {:.1} MiB",
         rss_max as f64 / 1024.0,
     );
 
