@@ -100,6 +100,7 @@ impl Broker {
         let node = KafkaNode::format_and_spawn(spec, dir, &random_cluster_id(), &scram).await?;
         let mut broker = Self { node, ssl_port, sasl_port, tls };
         broker.node.wait_ready(1).await?;
+        wait_for_group_coordinator(&broker).await?;
         Ok(broker)
     }
 
@@ -348,6 +349,33 @@ pub(crate) async fn delete_records(
         }
     }
     Ok(())
+}
+
+/// Waits until a group's offsets can be read: the first group request makes Kafka create
+/// `__consumer_offsets` and elect its leaders, and until then group requests fail with
+/// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE. A harness broker is ready for groups.
+pub(crate) async fn wait_for_group_coordinator(endpoint: &impl KafkaEndpoint) -> Result<()> {
+    let mut config = endpoint.client_config();
+    config.set("group.id", "lagscale-harness-probe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = config.clone();
+        let answer = tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+            let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition("__consumer_offsets", 0);
+            consumer.committed_offsets(tpl, Duration::from_secs(2)).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+        match answer {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(Error::Other(format!("no group coordinator within 60 s: {e}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Client settings for `bootstrap`, tuned so groups form quickly in tests.

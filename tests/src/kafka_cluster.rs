@@ -50,6 +50,7 @@ impl BrokerCluster {
         for node in &mut cluster.nodes {
             node.wait_ready(n).await?;
         }
+        crate::kafka::wait_for_group_coordinator(&cluster).await?;
         Ok(cluster)
     }
 

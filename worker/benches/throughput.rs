@@ -374,10 +374,7 @@ async fn main() {
         100.0 * ratios.iter().copied().fold(0.0, f64::max),
         100.0 * median(&ratios),
     );
-    println!(
-        "worker RSS while draining a backlog: max {:.1} MiB",
-        rss_max as f64 / 1024.0,
-    );
+    println!("worker RSS while draining a backlog: max {:.1} MiB", rss_max as f64 / 1024.0,);
 
     // Steady state: a fresh worker keeping up with a live producer.
     let steady_rate = env_or("BENCH_STEADY_RATE", 5_000);

@@ -531,18 +531,31 @@ async fn leader_broker_kill_9_on_three_brokers_loses_nothing() {
     cluster.kill(victim).expect("kill leader");
     let killed = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.leaders("gpu_metrics").await.ok().and_then(|l| l.get(&0).copied()).is_none_or(|l| l == victim || l < 0)
+    while cluster
+        .leaders("gpu_metrics")
+        .await
+        .ok()
+        .and_then(|l| l.get(&0).copied())
+        .is_none_or(|l| l == victim || l < 0)
     {
         assert!(Instant::now() < deadline, "gpu_metrics/0 got a new leader");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    lagscale_tests::report::recovery("leader broker kill -9 (3 brokers)", "kill -> new leader elected", killed.elapsed());
+    lagscale_tests::report::recovery(
+        "leader broker kill -9 (3 brokers)",
+        "kill -> new leader elected",
+        killed.elapsed(),
+    );
 
     producing.await.expect("producer done");
     let expected = produced_ids(&run.path().join("ids.tsv"));
     assert_eq!(expected.len(), 15_000, "every event acknowledged despite the leader's death");
     wait_for_count(&db, expected.len() as u64, Duration::from_secs(120)).await;
-    lagscale_tests::report::recovery("leader broker kill -9 (3 brokers)", "kill -> every event written", killed.elapsed());
+    lagscale_tests::report::recovery(
+        "leader broker kill -9 (3 brokers)",
+        "kill -> every event written",
+        killed.elapsed(),
+    );
     assert_eq!(stored_ids(&db).await, expected, "exactly once across the failover");
     for w in [&w1, &w2] {
         assert_eq!(get(w.http, "/ready").await.0, 200, "ready");
