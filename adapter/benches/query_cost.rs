@@ -56,7 +56,7 @@ fn bucket_quantile(text: &str, series: &str, q: f64) -> Option<f64> {
 /// One broker or a three-broker cluster, as the bench is asked.
 #[derive(Debug)]
 enum Kafka {
-    One(Broker),
+    One(Box<Broker>),
     Cluster(BrokerCluster),
 }
 
@@ -98,7 +98,7 @@ async fn main() {
     let broker = if brokers > 1 {
         Kafka::Cluster(BrokerCluster::start(&run, brokers as u32).await.expect("cluster"))
     } else {
-        Kafka::One(Broker::start(&run).await.expect("broker"))
+        Kafka::One(Box::new(Broker::start(&run).await.expect("broker")))
     };
     let topics: Vec<String> = (0..topics_n).map(|t| format!("topic-{t:03}")).collect();
     let setup = Instant::now();
