@@ -70,7 +70,7 @@ impl KafkaEndpoint for Kafka {
 
     fn client_config(&self) -> rdkafka::ClientConfig {
         match self {
-            Self::One(b) => KafkaEndpoint::client_config(b),
+            Self::One(b) => KafkaEndpoint::client_config(b.as_ref()),
             Self::Cluster(c) => KafkaEndpoint::client_config(c),
         }
     }
