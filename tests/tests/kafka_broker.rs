@@ -14,7 +14,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 const TOPIC: &str = "harness-events";
 const PARTITIONS: i32 = 6;
 
-async fn produce(broker: &Broker, count: usize, tag: &str) {
+async fn produce(broker: &impl KafkaEndpoint, count: usize, tag: &str) {
     let producer: FutureProducer = broker.client_config().set("linger.ms", "5").create().expect("producer");
     // Enqueue everything, then await: awaiting each send in turn is ~1000x slower.
     let sends: Vec<_> = (0..count)
@@ -35,10 +35,10 @@ async fn produce(broker: &Broker, count: usize, tag: &str) {
     }
 }
 
-fn watermarks(broker: &Broker) -> HashMap<i32, (i64, i64)> {
+fn watermarks(broker: &impl KafkaEndpoint) -> HashMap<i32, (i64, i64)> {
     let consumer: BaseConsumer = broker.client_config().create().expect("consumer");
     (0..PARTITIONS)
-        .map(|p| (p, consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(5)).expect("watermarks")))
+        .map(|p| (p, consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).expect("watermarks")))
         .collect()
 }
 
@@ -166,7 +166,7 @@ async fn cluster_replicates_fails_over_and_moves_leaders() {
     let leaders = cluster.leaders(TOPIC).await.expect("leaders");
     let distinct: std::collections::BTreeSet<i32> = leaders.values().copied().collect();
     assert_eq!(distinct.len(), 3, "leaders spread over the three brokers: {leaders:?}");
-    produce_to(&cluster, 300, "a").await;
+    produce(&cluster, 300, "a").await;
 
     // Move partition 0's leadership to another broker.
     let from = leaders[&0];
@@ -187,10 +187,10 @@ async fn cluster_replicates_fails_over_and_moves_leaders() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_ne!(new_leader, to);
-    produce_to(&cluster, 30, "b").await;
+    produce(&cluster, 30, "b").await;
     cluster.restart(to).await.expect("restart");
     cluster.wait_fully_replicated().await.expect("in sync again");
-    let total: i64 = cluster_watermarks(&cluster).values().map(|(low, high)| high - low).sum();
+    let total: i64 = watermarks(&cluster).values().map(|(low, high)| high - low).sum();
     assert_eq!(total, 330, "every acknowledged record is there after failover");
 
     // The coordinator of a group is the leader of its __consumer_offsets partition.
@@ -200,31 +200,4 @@ async fn cluster_replicates_fails_over_and_moves_leaders() {
     consumer.commit(&tpl, CommitMode::Sync).expect("commit");
     let coordinator = cluster.coordinator("harness-group").await.expect("coordinator");
     assert!(cluster.node_ids().contains(&coordinator), "coordinator {coordinator}");
-}
-
-async fn produce_to(cluster: &BrokerCluster, count: usize, tag: &str) {
-    let producer: FutureProducer =
-        cluster.client_config().set("linger.ms", "5").set("acks", "all").create().expect("producer");
-    let sends: Vec<_> = (0..count)
-        .map(|i| {
-            let producer = producer.clone();
-            let (key, payload) = (format!("key-{i}"), format!("{tag}-{i}"));
-            async move {
-                producer
-                    .send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-        })
-        .collect();
-    for result in futures::future::join_all(sends).await {
-        result.expect("delivery");
-    }
-}
-
-fn cluster_watermarks(cluster: &BrokerCluster) -> HashMap<i32, (i64, i64)> {
-    let consumer: BaseConsumer = cluster.client_config().create().expect("consumer");
-    (0..PARTITIONS)
-        .map(|p| (p, consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).expect("watermarks")))
-        .collect()
 }

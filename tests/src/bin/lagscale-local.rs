@@ -103,6 +103,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let bin_dir = sibling_bin_dir()?;
     let run = RunDir::new("local")?;
     println!("starting the pipeline (logs and data under {})", run.path().display());
+    let starting = std::time::Instant::now();
     let ids_file = run.path().join("delivered-ids.tsv");
     let mut pipeline = Pipeline::start(
         &run,
@@ -119,6 +120,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await?;
+    println!(
+        "ready in {:.1?} (Kafka formatted and started, topics created, mongod, adapter serving)",
+        starting.elapsed()
+    );
     println!();
     println!(
         "  kafka {:<12} {}   pid {:?}",
