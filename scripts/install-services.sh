@@ -87,16 +87,18 @@ PY
 install_kafka() {
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   command -v mvn >/dev/null || apt_install maven
-  local dir=$TOOLS/kafka-$KAFKA_VERSION
+  local dir=$TOOLS/kafka-$KAFKA_VERSION pom=$root/tests/kafka/pom.xml
   KAFKA_LIBS=$dir/libs
-  if [ -f "$dir/libs.sha256" ] && (cd "$KAFKA_LIBS" 2>/dev/null && sha256sum --quiet -c "$dir/libs.sha256" >/dev/null 2>&1); then
+  # Cached per version and per pom: a changed pom resolves again.
+  if [ -f "$dir/libs.sha256" ] && [ "$(cat "$dir/pom.sha256" 2>/dev/null)" = "$(sha256sum < "$pom")" ] \
+     && (cd "$KAFKA_LIBS" 2>/dev/null && sha256sum --quiet -c "$dir/libs.sha256" >/dev/null 2>&1); then
     return
   fi
   local log4j=2.25.2
   case $KAFKA_VERSION in 4.0.*) log4j=2.24.3 ;; esac
   log "resolving Apache Kafka $KAFKA_VERSION's classpath from Maven Central"
   rm -rf "$dir"; mkdir -p "$dir"
-  mvn -B -q -C -f "$root/tests/kafka/pom.xml" -Dmaven.repo.local="$TOOLS/m2" \
+  mvn -B -q -C -f "$pom" -Dmaven.repo.local="$TOOLS/m2" \
     -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$log4j" \
     dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS.part" >"$dir/mvn.log" 2>&1 \
     || { tail -n 30 "$dir/mvn.log" >&2; die "Maven could not resolve Kafka $KAFKA_VERSION (log: $dir/mvn.log)"; }
@@ -104,6 +106,7 @@ install_kafka() {
   ls "$KAFKA_LIBS.part" | grep -q '^log4j-slf4j-impl-' || die "no SLF4J binding on Kafka's classpath"
   mv "$KAFKA_LIBS.part" "$KAFKA_LIBS"
   (cd "$KAFKA_LIBS" && sha256sum -- *.jar) > "$dir/libs.sha256"
+  sha256sum < "$pom" > "$dir/pom.sha256"
   java -cp "$KAFKA_LIBS/*" kafka.Kafka --version 2>/dev/null | grep -q "$KAFKA_VERSION" \
     || die "Kafka $KAFKA_VERSION does not start with $(java -version 2>&1 | head -n1)"
   log "Kafka $KAFKA_VERSION: $(du -sh "$KAFKA_LIBS" | cut -f1) of jars"
