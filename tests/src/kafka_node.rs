@@ -65,10 +65,11 @@ pub async fn kafka_tool(class: &str, args: &[&str]) -> Result<String> {
         return Err(Error::Command {
             command: format!("{class} {}", args.join(" ")),
             status: output.status.to_string(),
+            // Kafka's tools print their errors on either stream: the last lines of both.
             stderr: format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stderr).trim(),
-                String::from_utf8_lossy(&output.stdout).lines().rev().take(20).collect::<Vec<_>>().join("\n")
+                "{}\n{}",
+                crate::process::last_lines(&String::from_utf8_lossy(&output.stderr), 20),
+                crate::process::last_lines(&String::from_utf8_lossy(&output.stdout), 20),
             ),
         });
     }

@@ -170,7 +170,11 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
     let mut buf = Vec::new();
     let _ = file.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
+    last_lines(&String::from_utf8_lossy(&buf), lines)
+}
+
+/// The last `lines` lines of `text`, in order.
+pub fn last_lines(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
