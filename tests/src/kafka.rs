@@ -310,19 +310,10 @@ pub async fn wait_for_leaders(endpoint: &impl KafkaEndpoint, topic: &str, partit
     let topic = topic.to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (config, t) = (config.clone(), topic.clone());
-        let led = tokio::task::spawn_blocking(move || -> std::result::Result<usize, String> {
-            let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-            let md = consumer.fetch_metadata(Some(&t), Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            Ok(md
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions())
-                .filter(|p| p.leader() >= 0 && p.error().is_none())
-                .count())
+        let led = with_metadata(config.clone(), Some(topic.clone()), Duration::from_secs(2), |md| {
+            md.topics().iter().flat_map(|t| t.partitions()).filter(|p| p.leader() >= 0 && p.error().is_none()).count()
         })
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
+        .await;
         match led {
             Ok(n) if n == usize::try_from(partitions).unwrap_or(0) => return Ok(()),
             other if std::time::Instant::now() > deadline => {
@@ -389,12 +380,23 @@ pub(crate) fn test_client_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
-/// One Metadata request; returns how many brokers it lists (the readiness probe).
-pub(crate) async fn fetch_metadata_brokers(config: ClientConfig) -> std::result::Result<usize, String> {
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-        consumer.fetch_metadata(None, Duration::from_millis(1000)).map(|m| m.brokers().len()).map_err(|e| e.to_string())
+/// One Metadata request (for `topic`, or all topics), off the async runtime; `read` extracts
+/// what the caller needs.
+pub(crate) async fn with_metadata<T: Send + 'static>(
+    config: ClientConfig,
+    topic: Option<String>,
+    timeout: Duration,
+    read: impl FnOnce(&rdkafka::metadata::Metadata) -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(move || -> Result<T> {
+        let consumer: BaseConsumer = config.create()?;
+        Ok(read(&consumer.fetch_metadata(topic.as_deref(), timeout)?))
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| Error::Other(e.to_string()))?
+}
+
+/// One Metadata request; returns how many brokers it lists (the readiness probe).
+pub(crate) async fn fetch_metadata_brokers(config: ClientConfig) -> std::result::Result<usize, String> {
+    with_metadata(config, None, Duration::from_millis(1000), |m| m.brokers().len()).await.map_err(|e| e.to_string())
 }

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::error::{Error, Result};
-use crate::kafka::{KafkaEndpoint, test_client_config};
+use crate::kafka::{KafkaEndpoint, test_client_config, with_metadata};
 use crate::kafka_node::{KafkaNode, NodeSpec, kafka_tool, random_cluster_id};
 use crate::net::free_port;
 use crate::rundir::RunDir;
@@ -124,15 +123,10 @@ impl BrokerCluster {
 
     /// Leader of every partition of `topic` (partition -> node id), from fresh metadata.
     pub async fn leaders(&self, topic: &str) -> Result<BTreeMap<i32, i32>> {
-        let config = self.client_config();
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<BTreeMap<i32, i32>> {
-            let consumer: BaseConsumer = config.create()?;
-            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-            Ok(md.topics().iter().flat_map(|t| t.partitions()).map(|p| (p.id(), p.leader())).collect())
+        with_metadata(self.client_config(), Some(topic.to_owned()), Duration::from_secs(5), |md| {
+            md.topics().iter().flat_map(|t| t.partitions()).map(|p| (p.id(), p.leader())).collect()
         })
         .await
-        .map_err(|e| Error::Other(e.to_string()))?
     }
 
     /// The node that coordinates `group`: the leader of its `__consumer_offsets` partition.
@@ -199,19 +193,14 @@ impl BrokerCluster {
         let config = self.client_config();
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let c = config.clone();
-            let lagging = tokio::task::spawn_blocking(move || -> Result<usize> {
-                let consumer: BaseConsumer = c.create()?;
-                let md = consumer.fetch_metadata(None, Duration::from_secs(5))?;
-                Ok(md
-                    .topics()
+            let lagging = with_metadata(config.clone(), None, Duration::from_secs(5), |md| {
+                md.topics()
                     .iter()
                     .flat_map(|t| t.partitions())
                     .filter(|p| p.leader() < 0 || p.isr().len() < p.replicas().len())
-                    .count())
+                    .count()
             })
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?;
+            .await;
             match lagging {
                 Ok(0) => return Ok(()),
                 other if std::time::Instant::now() > deadline => {
