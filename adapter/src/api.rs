@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
@@ -16,11 +16,11 @@ use serde::Serialize;
 use crate::discovery;
 use crate::metrics::Metrics;
 use crate::poller::Shared;
-use crate::quantity::Quantity;
 use crate::selector::{Selector, is_valid_label_value};
 use crate::snapshot::{Snapshot, TargetLag};
 use crate::status::{Empty, Status, go_json, json_response};
 use crate::targets::{LAG_METRIC, LAG_SECONDS_METRIC, is_valid_metric_name};
+use hpa_model::quantity::Quantity;
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -192,12 +192,33 @@ async fn external_metric(
     RawQuery(query): RawQuery,
 ) -> Response {
     match answer(&state, &namespace, &metric, query.as_deref()) {
-        Ok(body) => json_response(StatusCode::OK, body),
+        Ok((body, value_milli, items)) => {
+            state.shared.recorder.answered(crate::record::Answer {
+                at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                namespace,
+                metric,
+                selector: selector_text(query.as_deref()),
+                value_milli,
+                items,
+            });
+            json_response(StatusCode::OK, body)
+        }
         Err(status) => status.into_response(),
     }
 }
 
-fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) -> Result<Vec<u8>, Status> {
+/// The label selector of a query string, decoded, as the answers log keeps it.
+fn selector_text(query: Option<&str>) -> String {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+        .ok()
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "labelSelector").map(|(_, v)| v))
+        .unwrap_or_default()
+}
+
+/// The body, and what the HPA will sum from it: (milli-units, items).
+type Answered = (Vec<u8>, i128, usize);
+
+fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) -> Result<Answered, Status> {
     if !is_valid_namespace(namespace) {
         return Err(Status::bad_request(format!(
             "invalid namespace {namespace:?}: must be a DNS-1123 label (external metrics have no cluster scope)"
@@ -275,7 +296,7 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
             format!("no consumer group with committed offsets matches selector {:?}", selector.to_string()),
         ));
     }
-    let items = if metric == LAG_METRIC {
+    let items: Vec<Value<'_>> = if metric == LAG_METRIC {
         matched
             .iter()
             .map(|(labels, t)| Value {
@@ -299,15 +320,18 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
             value: Quantity::from_f64((worst * 1000.0).round() / 1000.0),
         }]
     };
-    Ok(go_json(&ValueList {
+    let sum = items.iter().map(|i| i.value.milli_value()).sum();
+    let count = items.len();
+    let body = go_json(&ValueList {
         kind: "ExternalMetricValueList",
         api_version: discovery::GROUP_VERSION,
         metadata: Empty {},
         items,
-    }))
+    });
+    Ok((body, sum, count))
 }
 
-fn target_answer(metric: &str, lag: &TargetLag, selector: &Selector, timestamp: &str) -> Result<Vec<u8>, Status> {
+fn target_answer(metric: &str, lag: &TargetLag, selector: &Selector, timestamp: &str) -> Result<Answered, Status> {
     if lag.topics.is_empty() {
         return Err(Status::not_found(
             metric,
@@ -326,12 +350,13 @@ fn target_answer(metric: &str, lag: &TargetLag, selector: &Selector, timestamp: 
         ));
     }
     let item = Value { metric_name: metric, metric_labels: Some(labels), timestamp, value: lag.value.value };
-    Ok(go_json(&ValueList {
+    let body = go_json(&ValueList {
         kind: "ExternalMetricValueList",
         api_version: discovery::GROUP_VERSION,
         metadata: Empty {},
         items: vec![item],
-    }))
+    });
+    Ok((body, lag.value.value.milli_value(), 1))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,9 +434,20 @@ async fn record(State(s): State<ApiState>, Path(target): Path<String>, RawQuery(
     response
 }
 
+/// `/answers?metric=NAME`: every kept answer to an external-metrics query (for NAME only, if
+/// given), as JSON lines: the exact samples the HPA controller read.
+async fn answers(State(s): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+    let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(query.as_deref().unwrap_or("")).unwrap_or_default();
+    let metric = pairs.iter().find(|(k, _)| k == "metric").map(|(_, v)| v.as_str());
+    let mut response = crate::record::jsonl(&s.shared.recorder.answers(metric)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jsonl"));
+    response
+}
+
 pub fn metrics_router(state: ApiState) -> Router {
     Router::new()
         .route("/record/{target}", get(record))
+        .route("/answers", get(answers))
         .route(
             "/metrics",
             get(|State(s): State<ApiState>| async move {
@@ -469,8 +505,9 @@ mod tests {
             snapshot(&[("processor", "gpu_metrics", 1_500_000), ("processor", "token_usage", 1500)], at),
             vec![],
         );
-        let body =
+        let (body, sum, items) =
             answer(&state, "default", LAG_METRIC, Some("labelSelector=consumergroup%3Dprocessor")).expect("answer");
+        assert_eq!((sum, items), (1_501_500_000, 2), "what the HPA sums, in milli-units");
         let ts = rfc3339(at);
         let want = format!(
             "{{\"kind\":\"ExternalMetricValueList\",\"apiVersion\":\"external.metrics.k8s.io/v1beta1\",\"metadata\":{{}},\"items\":[\
@@ -490,6 +527,8 @@ mod tests {
             lag_per_replica: 10,
             uncommitted_offset_policy: crate::lag::OffsetPolicy::Latest,
             cap_at_partitions: true,
+            scale_up_tolerance: 0.1,
+            activation_lag: None,
             namespaces: vec![],
         };
         let mut collected = crate::collector::Collected::default();
@@ -502,11 +541,13 @@ mod tests {
             &collected,
             &mut crate::snapshot::Histories::new(4),
             &targets,
+            &std::collections::HashMap::new(),
             crate::lag::OffsetPolicy::Latest,
             SystemTime::now(),
         );
         let state = state_with(snap, vec![target]);
-        let body = answer(&state, "default", "long-group-lag", None).expect("answer");
+        let (body, sum, _) = answer(&state, "default", "long-group-lag", None).expect("answer");
+        assert_eq!(sum, 10_000);
         let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
         // 40 > 1 partition x 10: capped at 10.
         assert_eq!(json["items"][0]["value"], "10");

@@ -119,8 +119,10 @@ pub async fn run(
                 // Building is CPU work proportional to groups x partitions: keep it off the
                 // async workers that answer queries.
                 let policy = config.default_policy;
+                let replicas = shared.recorder.replicas();
                 let built = tokio::task::spawn_blocking(move || {
-                    let snapshot = Snapshot::build(&collected, &mut histories, &targets, policy, SystemTime::now());
+                    let snapshot =
+                        Snapshot::build(&collected, &mut histories, &targets, &replicas, policy, SystemTime::now());
                     (snapshot, histories)
                 })
                 .await;

@@ -6,6 +6,11 @@
 //! `GET /record/{target}?format=csv|jsonl` on the metrics port exports it, and `lag-tuner
 //! record` saves it. The CSV's first three columns (`seconds,lag,replicas`) are what
 //! `lag-tuner simulate --lag-file` reads.
+//!
+//! Beside it, every answer to an external-metrics query: when, for which metric and
+//! selector, and the sum of the values (what the HPA controller sums and scales on).
+//! `GET /answers?metric=NAME` exports them: the exact samples the HPA read, to replay its
+//! decisions (`lag-tuner record --answers`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +23,22 @@ use crate::snapshot::Snapshot;
 
 /// 12 hours at the default 5 s poll interval.
 pub const DEFAULT_POINTS: usize = 8640;
+/// About 10 hours of one HPA syncing every 15 s (shared by every metric and asker).
+pub const ANSWERS_KEPT: usize = 2400;
+
+/// One answered external-metrics query.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// Unix time of the answer.
+    pub at: f64,
+    pub namespace: String,
+    pub metric: String,
+    /// The label selector as asked (empty: none).
+    pub selector: String,
+    /// Sum of the items' values in milli-units, as the HPA sums them.
+    pub value_milli: i128,
+    pub items: usize,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Point {
@@ -39,6 +60,7 @@ pub struct Recorder {
     series: Mutex<HashMap<String, VecDeque<Point>>>,
     /// target -> replicas, from the HPAs scaling on it.
     replicas: RwLock<HashMap<String, u32>>,
+    answers: Mutex<VecDeque<Answer>>,
 }
 
 impl Default for Recorder {
@@ -49,7 +71,27 @@ impl Default for Recorder {
 
 impl Recorder {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), series: Mutex::new(HashMap::new()), replicas: RwLock::new(HashMap::new()) }
+        Self {
+            capacity: capacity.max(1),
+            series: Mutex::new(HashMap::new()),
+            replicas: RwLock::new(HashMap::new()),
+            answers: Mutex::new(VecDeque::with_capacity(ANSWERS_KEPT)),
+        }
+    }
+
+    /// Keeps one answer (the oldest goes once [`ANSWERS_KEPT`] are kept).
+    pub fn answered(&self, answer: Answer) {
+        let Ok(mut answers) = self.answers.lock() else { return };
+        if answers.len() == ANSWERS_KEPT {
+            answers.pop_front();
+        }
+        answers.push_back(answer);
+    }
+
+    /// The kept answers for `metric` (all metrics: `None`), oldest first.
+    pub fn answers(&self, metric: Option<&str>) -> Vec<Answer> {
+        let Ok(answers) = self.answers.lock() else { return Vec::new() };
+        answers.iter().filter(|a| metric.is_none_or(|m| a.metric == m)).cloned().collect()
     }
 
     /// Appends one point per target of `snapshot`; targets no longer configured are dropped.
@@ -79,6 +121,11 @@ impl Recorder {
         }
     }
 
+    /// The replicas of the HPAs scaling on each target, by target name (empty when unknown).
+    pub fn replicas(&self) -> HashMap<String, u32> {
+        self.replicas.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
     pub fn set_replicas(&self, replicas: HashMap<String, u32>) {
         if let Ok(mut r) = self.replicas.write() {
             *r = replicas;
@@ -104,11 +151,11 @@ pub fn csv(points: &[Point]) -> String {
     out
 }
 
-/// One JSON object per point, with the per-partition lags.
-pub fn jsonl(points: &[Point]) -> String {
+/// One JSON object per line (points with their per-partition lags, or answers).
+pub fn jsonl<T: Serialize>(rows: &[T]) -> String {
     let mut out = String::new();
-    for p in points {
-        if let Ok(line) = serde_json::to_string(p) {
+    for row in rows {
+        if let Ok(line) = serde_json::to_string(row) {
             out.push_str(&line);
             out.push('\n');
         }
@@ -192,6 +239,28 @@ mod tests {
         assert_eq!(lines[3], "10.0,9,,9,,110.000");
         let json: serde_json::Value = serde_json::from_str(jsonl(&[point(1.0, 4, None, None)]).trim()).expect("json");
         assert_eq!(json["partitions"]["orders"]["0"], 4);
+    }
+
+    #[test]
+    fn answers_are_kept_per_metric_and_bounded() {
+        let r = Recorder::new(4);
+        let answer = |at: f64, metric: &str| Answer {
+            at,
+            namespace: "default".into(),
+            metric: metric.into(),
+            selector: String::new(),
+            value_milli: 1000,
+            items: 1,
+        };
+        for i in 0..ANSWERS_KEPT + 2 {
+            r.answered(answer(i as f64, if i % 2 == 0 { "a" } else { "b" }));
+        }
+        assert_eq!(r.answers(None).len(), ANSWERS_KEPT);
+        let a = r.answers(Some("a"));
+        assert_eq!((a.len(), a[0].at), (ANSWERS_KEPT / 2, 2.0), "the two oldest went");
+        assert!(r.answers(Some("c")).is_empty());
+        let line: serde_json::Value = serde_json::from_str(jsonl(&a[..1]).trim()).expect("json");
+        assert_eq!((line["metric"].as_str(), line["value_milli"].as_i64()), (Some("a"), Some(1000)));
     }
 
     #[test]

@@ -9,7 +9,10 @@ use serde::Serialize;
 
 use crate::collector::Collected;
 use crate::history::OffsetHistory;
-use crate::lag::{OffsetPolicy, TargetValue, Watermarks, partition_lag, target_value};
+use hpa_model::cap::{CapApplied, TargetValue, target_value};
+use hpa_model::quantity::Quantity;
+
+use crate::lag::{OffsetPolicy, Watermarks, partition_lag};
 use crate::targets::Target;
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,10 +132,14 @@ fn topic_lag(
 
 impl Snapshot {
     /// Builds the snapshot of one cycle, recording its watermarks into `histories` first.
+    /// `hpa_replicas` (by metric name, from the cluster's HPAs when the adapter can read them)
+    /// is what the cap compares with the partition count: the replicas the HPA computes its
+    /// usage ratio with. Without it, the group's members stand in.
     pub fn build(
         collected: &Collected,
         histories: &mut Histories,
         targets: &[Arc<Target>],
+        hpa_replicas: &HashMap<String, u32>,
         default_policy: OffsetPolicy,
         at: SystemTime,
     ) -> Self {
@@ -172,8 +179,32 @@ impl Snapshot {
             let lag_seconds = topics.values().map(|t| t.lag_seconds).fold(0.0, f64::max);
             let partitions: u32 = topics.values().map(|t| t.partitions.len() as u32).sum();
             let members = group.and_then(|g| g.members);
+            let replicas = hpa_replicas.get(&target.name).copied().or(members);
             let cap_partitions = if target.cap_at_partitions { partitions } else { 0 };
-            let value = target_value(total_lag, target.lag_per_replica, cap_partitions, members);
+            let value = match target.activation_lag {
+                None => {
+                    target_value(total_lag, target.lag_per_replica, cap_partitions, replicas, target.scale_up_tolerance)
+                }
+                Some(activation) => {
+                    // Uncommitted partitions count from log-start: a group that never committed
+                    // has messages waiting for it whatever its offset policy.
+                    let waiting: u64 = topics
+                        .values()
+                        .flat_map(|t| &t.partitions)
+                        .map(|p| match p.committed {
+                            Some(c) if c >= 0 => p.lag,
+                            _ => u64::try_from(p.log_end.saturating_sub(p.log_start)).unwrap_or(0),
+                        })
+                        .sum();
+                    if waiting <= activation {
+                        TargetValue { value: Quantity::ZERO, uncapped_replicas: 0, cap: CapApplied::Inactive }
+                    } else {
+                        // With no member nobody can have started at log-end yet.
+                        let lag = if members.unwrap_or(0) == 0 { total_lag.max(waiting) } else { total_lag };
+                        target_value(lag, target.lag_per_replica, cap_partitions, replicas, target.scale_up_tolerance)
+                    }
+                }
+            };
             target_lags.insert(
                 target.name.clone(),
                 TargetLag {
@@ -210,7 +241,6 @@ mod unix_seconds {
 mod tests {
     use super::*;
     use crate::collector::GroupState;
-    use crate::lag::CapApplied;
     use std::time::Duration;
 
     fn collected() -> Collected {
@@ -235,15 +265,78 @@ mod tests {
             lag_per_replica: 10,
             uncommitted_offset_policy: policy,
             cap_at_partitions: true,
+            scale_up_tolerance: 0.1,
+            activation_lag: None,
             namespaces: vec![],
         })
+    }
+
+    #[test]
+    fn below_the_activation_lag_a_target_serves_zero_and_a_group_that_never_committed_activates() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_000);
+        let build = |activation: Option<u64>, members: Option<u32>, partitions_cap: bool| {
+            let mut t = (*target(OffsetPolicy::Latest)).clone();
+            t.activation_lag = activation;
+            t.cap_at_partitions = partitions_cap;
+            let mut c = collected();
+            c.groups.get_mut("billing").expect("billing").members = members;
+            let s =
+                Snapshot::build(&c, &mut Histories::new(4), &[Arc::new(t)], &HashMap::new(), OffsetPolicy::Latest, at);
+            s.targets["billing-lag"].clone()
+        };
+        // p0 has 40 behind its commit; p1 never committed (50 waiting), 0 under `latest`.
+        let off = build(None, Some(1), false);
+        assert_eq!((off.total_lag, off.value.value.to_string()), (40, "40".to_owned()));
+        // 40 + 50 waiting <= 100: inactive, whatever the members.
+        let idle = build(Some(100), Some(1), false);
+        assert_eq!((idle.value.cap, idle.value.value), (CapApplied::Inactive, Quantity::ZERO));
+        // Above 50: active. With a member, p1 counts as the policy says...
+        let active = build(Some(50), Some(1), false);
+        assert_eq!((active.value.cap, active.value.value.to_string()), (CapApplied::None, "40".to_owned()));
+        // ...with none (scaled to zero) the never-committed 50 count too: nobody started at
+        // log-end yet.
+        for members in [Some(0), None] {
+            let cold = build(Some(50), members, false);
+            assert_eq!(cold.value.value.to_string(), "90", "{members:?}");
+        }
+        assert_eq!(build(Some(50), None, true).value.cap, CapApplied::AtPartitions);
+    }
+
+    #[test]
+    fn the_cap_compares_the_partitions_with_the_hpas_replicas_when_known() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut c = Collected::default();
+        c.topics.insert("orders".into(), vec![Watermarks { log_start: 0, log_end: 1_000 }; 12]);
+        let mut g = GroupState { members: Some(3), ..GroupState::default() };
+        g.commits.insert("orders".into(), (0..12).map(|p| (p, 0)).collect());
+        c.groups.insert("billing".into(), g);
+        let mut t = (*target(OffsetPolicy::Latest)).clone();
+        t.topics = vec!["orders".into()];
+        let targets = [Arc::new(t)];
+        let value = |replicas: &[(&str, u32)]| {
+            let replicas = replicas.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+            let s = Snapshot::build(&c, &mut Histories::new(4), &targets, &replicas, OffsetPolicy::Latest, at);
+            s.targets["billing-lag"].value.cap
+        };
+        // 3 members: 12 / 3 is far outside the band.
+        assert_eq!(value(&[]), CapApplied::AtPartitions);
+        // The HPA runs 11 (12 / 11 = 1.09, inside 10 %): the escape.
+        assert_eq!(value(&[("billing-lag", 11)]), CapApplied::AboveTolerance);
+        assert_eq!(value(&[("other-lag", 11)]), CapApplied::AtPartitions);
     }
 
     #[test]
     fn groups_count_their_topics_and_uncommitted_partitions_by_policy() {
         let mut h = Histories::new(60);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
-        let s = Snapshot::build(&collected(), &mut h, &[target(OffsetPolicy::Earliest)], OffsetPolicy::Latest, t0);
+        let s = Snapshot::build(
+            &collected(),
+            &mut h,
+            &[target(OffsetPolicy::Earliest)],
+            &HashMap::new(),
+            OffsetPolicy::Latest,
+            t0,
+        );
         let orders = &s.groups["billing"].topics["orders"];
         // p0: 100 - 60; p1 uncommitted under the default `latest` policy: 0.
         assert_eq!(orders.lag, 40);
@@ -266,9 +359,9 @@ mod tests {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
         let mut c = collected();
         c.topics.get_mut("orders").expect("orders")[0].log_end = 50;
-        Snapshot::build(&c, &mut h, &[], OffsetPolicy::Latest, t0);
+        Snapshot::build(&c, &mut h, &[], &HashMap::new(), OffsetPolicy::Latest, t0);
         c.topics.get_mut("orders").expect("orders")[0].log_end = 100;
-        let s = Snapshot::build(&c, &mut h, &[], OffsetPolicy::Latest, t0 + Duration::from_secs(10));
+        let s = Snapshot::build(&c, &mut h, &[], &HashMap::new(), OffsetPolicy::Latest, t0 + Duration::from_secs(10));
         let p0 = &s.groups["billing"].topics["orders"].partitions[0];
         // Offset 60 appeared between t0 (end 50) and t0+10 (end 100): at ~t0+2.2.
         assert!((p0.lag_seconds - 7.8).abs() < 1e-6, "{}", p0.lag_seconds);

@@ -14,14 +14,14 @@ use crate::lag::OffsetPolicy;
 pub const LAG_METRIC: &str = "kafka_consumergroup_lag";
 pub const LAG_SECONDS_METRIC: &str = "kafka_consumergroup_lag_seconds";
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetsFile {
     #[serde(default)]
     pub targets: Vec<Target>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Target {
     /// The metric name the HPA asks for.
@@ -36,6 +36,18 @@ pub struct Target {
     /// Never ask for more replicas than partitions (default on).
     #[serde(default = "yes")]
     pub cap_at_partitions: bool,
+    /// The scale-up tolerance of the HPA that reads this target
+    /// (`spec.behavior.scaleUp.tolerance`; default the controller's 0.1): the cap serves just
+    /// above that band when the group runs within it of the partition count.
+    #[serde(default = "default_tolerance")]
+    pub scale_up_tolerance: f64,
+    /// Scale to zero: while the lag waiting is at most this, the target serves 0 so an HPA
+    /// with `minReplicas: 0` scales the workers away. Partitions without a committed offset
+    /// count from log-start here (messages waiting for a group that has never committed
+    /// activate it, whatever the offset policy), and while the group has no member they count
+    /// so in the value too. Unset: no activation, the lag is served as it is.
+    #[serde(default)]
+    pub activation_lag: Option<u64>,
     /// Namespaces that may read this metric; empty means any.
     #[serde(default)]
     pub namespaces: Vec<String>,
@@ -43,6 +55,10 @@ pub struct Target {
 
 fn yes() -> bool {
     true
+}
+
+fn default_tolerance() -> f64 {
+    hpa_model::controller::DEFAULT_TOLERANCE
 }
 
 /// Metric names are path segments: no `/`, `%`, `.`/`..`, at most 253 characters.
@@ -90,6 +106,9 @@ impl TargetsFile {
             if t.lag_per_replica == 0 {
                 return Err(format!("{at}: lagPerReplica must be at least 1"));
             }
+            if !(t.scale_up_tolerance.is_finite() && (0.0..=10.0).contains(&t.scale_up_tolerance)) {
+                return Err(format!("{at}: scaleUpTolerance must be between 0 and 10 (0.1 is 10 %)"));
+            }
         }
         Ok(())
     }
@@ -110,13 +129,15 @@ mod tests {
         assert_eq!(t.uncommitted_offset_policy, OffsetPolicy::Latest);
         assert!(t.cap_at_partitions);
         assert!(t.namespaces.is_empty());
+        assert_eq!((t.scale_up_tolerance, t.activation_lag), (0.1, None));
         let json = TargetsFile::parse(
-            r#"{"targets":[{"name":"a","consumerGroup":"g","topics":["t"],"lagPerReplica":5,"uncommittedOffsetPolicy":"earliest","capAtPartitions":false}]}"#,
+            r#"{"targets":[{"name":"a","consumerGroup":"g","topics":["t"],"lagPerReplica":5,"uncommittedOffsetPolicy":"earliest","capAtPartitions":false,"scaleUpTolerance":0.05,"activationLag":100}]}"#,
             "json",
         )
         .expect("json is yaml");
         assert_eq!(json.targets[0].uncommitted_offset_policy, OffsetPolicy::Earliest);
         assert!(!json.targets[0].cap_at_partitions);
+        assert_eq!((json.targets[0].scale_up_tolerance, json.targets[0].activation_lag), (0.05, Some(100)));
     }
 
     #[test]
@@ -130,6 +151,9 @@ mod tests {
             ("targets:\n- name: a\n  consumerGroup: g\n  topics: [t]\n  lagPerReplica: 0".to_owned(), "lagPerReplica"),
             (format!("targets:\n- name: a\n  {base}\n  lagPerReplicas: 3"), "unknown field"),
             (format!("targets:\n- name: a\n  {base}\n  uncommittedOffsetPolicy: newest"), "unknown variant"),
+            (format!("targets:\n- name: a\n  {base}\n  scaleUpTolerance: -0.1"), "scaleUpTolerance"),
+            (format!("targets:\n- name: a\n  {base}\n  scaleUpTolerance: .nan"), "scaleUpTolerance"),
+            (format!("targets:\n- name: a\n  {base}\n  activationLag: -5"), "activationLag"),
             ("targets: [".to_owned(), ""),
         ] {
             let err = TargetsFile::parse(&yaml, "file.yaml").expect_err(&yaml).to_string();

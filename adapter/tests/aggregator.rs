@@ -24,7 +24,7 @@ spec:
     metadata: {labels: {app: billing-consumer}}
     spec: {containers: [{name: consumer, image: example.invalid/consumer:1}]}
 ---
-apiVersion: autoscaling/v2beta2
+apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata: {name: billing-consumer, namespace: default}
 spec:
@@ -127,7 +127,7 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
             .kubectl(&[
                 "get",
                 "--raw",
-                "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers/billing-consumer",
+                "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/billing-consumer",
             ])
             .map_err(|e| e.to_string())?;
         serde_json::from_str(&hpa).map_err(|e| e.to_string())
@@ -136,7 +136,7 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
     eventually("HPA status shows our value", Duration::from_secs(30), || {
         let hpa = hpa_status()?;
         let current = hpa["status"]["currentMetrics"][0]["external"]["current"]["averageValue"].as_str().unwrap_or("");
-        let Ok(average) = lag_adapter::quantity::Quantity::parse(current) else {
+        let Ok(average) = hpa_model::quantity::Quantity::parse(current) else {
             return Err(format!("no averageValue in {}", hpa["status"]));
         };
         Ok((8_333..=25_000).contains(&average.milli_value()))

@@ -2,9 +2,9 @@
 //! targets call them with libFuzzer's inputs; `tests/tests/fuzz_corpus.rs` replays the
 //! committed corpora and every past finding through them in the normal test run.
 
+use hpa_model::Spec;
+use hpa_model::quantity::Quantity;
 use lag_adapter::authz::Attributes;
-use lag_adapter::hpa::Spec;
-use lag_adapter::quantity::Quantity;
 use lag_adapter::selector::Selector;
 use lag_adapter::targets::{TargetsFile, is_valid_metric_name};
 use mongodb::bson::DateTime;

@@ -400,3 +400,45 @@ pub(crate) async fn with_metadata<T: Send + 'static>(
 pub(crate) async fn fetch_metadata_brokers(config: ClientConfig) -> std::result::Result<usize, String> {
     with_metadata(config, None, Duration::from_millis(1000), |m| m.brokers().len()).await.map_err(|e| e.to_string())
 }
+
+/// Produces `per_partition` small messages to each listed partition and waits for every
+/// delivery report.
+pub async fn produce(
+    endpoint: &impl KafkaEndpoint,
+    topic: &str,
+    partitions: &[i32],
+    per_partition: usize,
+) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = endpoint.client_config().set("linger.ms", "2").create()?;
+    let mut sends = Vec::new();
+    for &p in partitions {
+        for i in 0..per_partition {
+            let producer = producer.clone();
+            sends.push(async move {
+                let payload = format!("m{i}");
+                producer
+                    .send(FutureRecord::<(), _>::to(topic).partition(p).payload(&payload), Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| e)
+            });
+        }
+    }
+    for r in futures::future::join_all(sends).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Commits `offsets` ((topic, partition, offset)) for `group` without consuming.
+pub fn commit(endpoint: &impl KafkaEndpoint, group: &str, offsets: &[(&str, i32, i64)]) -> Result<()> {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = endpoint.client_config().set("group.id", group).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! The project's Kubernetes manifests (deploy/, hpa/) as tests use them: rendered with
-//! `kubectl kustomize`, converted for the local 1.20 control plane, checked with
-//! `kubernetes-validate`.
+//! `kubectl kustomize`, checked with `kubernetes-validate` and dry-run on the local control plane
+//! (the same Kubernetes release, so every apiVersion as written).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,27 +102,6 @@ pub fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> Result<&'a Value
     docs.iter()
         .find(|d| kind(d) == kind_ && name(d) == name_)
         .ok_or_else(|| Error::Other(format!("no {kind_} {name_} in the manifests")))
-}
-
-/// The local control plane is Kubernetes 1.20: these kinds are served there under their beta
-/// versions, with the same schemas for every field the manifests use; and Indexed Jobs
-/// (`completionMode`, 1.21+) are plain ones there. Everything else is checked as written.
-pub fn for_kube_1_20(doc: &mut Value) {
-    let job_spec = match kind(doc) {
-        "Job" => Some(&mut doc["spec"]),
-        "CronJob" => Some(&mut doc["spec"]["jobTemplate"]["spec"]),
-        _ => None,
-    };
-    if let Some(Value::Mapping(spec)) = job_spec {
-        spec.remove("completionMode");
-    }
-    let beta = match (kind(doc), doc["apiVersion"].as_str().unwrap_or_default()) {
-        ("HorizontalPodAutoscaler", "autoscaling/v2") => "autoscaling/v2beta2",
-        ("PodDisruptionBudget", "policy/v1") => "policy/v1beta1",
-        ("CronJob", "batch/v1") => "batch/v1beta1",
-        _ => return,
-    };
-    doc["apiVersion"] = Value::from(beta);
 }
 
 /// `kubernetes-validate --strict -k VERSION FILES`: the schemas of a current Kubernetes

@@ -46,24 +46,30 @@ pub fn mongod() -> Result<PathBuf> {
     locate("mongod", "LAGSCALE_MONGOD", tools_dir().join("mongod-6.0.5/mongod"))
 }
 
+/// The Kubernetes release `scripts/install-services.sh` builds (kube-apiserver,
+/// kube-controller-manager, kubectl).
+pub const KUBE_VERSION: &str = "1.37.2";
+/// The etcd release it builds.
+pub const ETCD_VERSION: &str = "3.6.17";
+
+fn kube_binary(name: &str) -> PathBuf {
+    tools_dir().join(format!("kube-{KUBE_VERSION}/{name}"))
+}
+
 pub fn etcd() -> Result<PathBuf> {
-    locate("etcd", "LAGSCALE_ETCD", PathBuf::from("/usr/bin/etcd"))
+    locate("etcd", "LAGSCALE_ETCD", tools_dir().join(format!("etcd-{ETCD_VERSION}/etcd")))
 }
 
 pub fn kubectl() -> Result<PathBuf> {
-    locate("kubectl", "LAGSCALE_KUBECTL", PathBuf::from("/usr/bin/kubectl"))
+    locate("kubectl", "LAGSCALE_KUBECTL", kube_binary("kubectl"))
 }
 
 pub fn kube_apiserver() -> Result<PathBuf> {
-    locate("kube-apiserver", "LAGSCALE_KUBE_APISERVER", tools_dir().join("kube-1.20.2/kube-apiserver"))
+    locate("kube-apiserver", "LAGSCALE_KUBE_APISERVER", kube_binary("kube-apiserver"))
 }
 
 pub fn kube_controller_manager() -> Result<PathBuf> {
-    locate(
-        "kube-controller-manager",
-        "LAGSCALE_KUBE_CONTROLLER_MANAGER",
-        tools_dir().join("kube-1.20.2/kube-controller-manager"),
-    )
+    locate("kube-controller-manager", "LAGSCALE_KUBE_CONTROLLER_MANAGER", kube_binary("kube-controller-manager"))
 }
 
 pub fn kubernetes_validate() -> Result<PathBuf> {

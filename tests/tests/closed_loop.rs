@@ -3,7 +3,7 @@
 //! stand-in keeps that many real projection-worker processes running; the workers drain the
 //! lag through recreate rebalances; the HPA scales back down after its stabilization window.
 //!
-//! Manifests come from deploy/ and hpa/ (the conservative profile), converted for 1.20 and with
+//! Manifests come from deploy/ and hpa/ (the conservative profile), with
 //! every window and period divided by TIME_SCALE. Needs the workspace's binaries
 //! (`cargo test --workspace` builds them).
 
@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use lagscale_tests::manifests::{deploy_copy, documents, find, for_kube_1_20, kustomize, repo_root, to_yaml};
+use lagscale_tests::manifests::{deploy_copy, documents, find, kustomize, repo_root, to_yaml};
 use lagscale_tests::net::{free_port, http_get};
 use lagscale_tests::pipeline::{Pipeline, PipelineOptions, binary, sibling_bin_dir};
 use lagscale_tests::pki::{Ca, Leaf, base64};
@@ -37,12 +37,11 @@ fn scrape(port: u16) -> String {
     http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default()
 }
 
-/// hpa/hpa.yaml as the test applies it: 1.20's apiVersion, windows and periods shortened,
+/// hpa/hpa.yaml as the test applies it: windows and periods shortened,
 /// maxReplicas = the test's partitions, the lag target scaled to the test's event rate.
 fn test_hpa() -> Value {
     let text = std::fs::read_to_string(repo_root().join("hpa/hpa.yaml")).expect("hpa/hpa.yaml");
     let mut hpa = documents(&text).expect("yaml").remove(0);
-    for_kube_1_20(&mut hpa);
     hpa["spec"]["maxReplicas"] = Value::from(PARTITIONS);
     hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"] = Value::from(LAG_PER_REPLICA.to_string());
     for direction in ["scaleUp", "scaleDown"] {
@@ -355,7 +354,7 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
         .kubectl(&[
             "get",
             "--raw",
-            "/apis/autoscaling/v2beta2/namespaces/pipeline/horizontalpodautoscalers/projection-worker",
+            "/apis/autoscaling/v2/namespaces/pipeline/horizontalpodautoscalers/projection-worker",
         ])
         .expect("hpa status");
     assert!(status.contains("\"currentMetrics\"") && status.contains("projection-worker-lag"), "{status}");

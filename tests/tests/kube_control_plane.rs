@@ -36,7 +36,7 @@ async fn kubectl_get_dry_run_apply_and_controllers() {
     }
 
     let version = cluster.kubectl(&["get", "--raw", "/version"]).expect("version");
-    assert!(version.contains("\"gitVersion\": \"v1.20.2\""), "{version}");
+    assert!(version.contains(&format!("\"gitVersion\": \"v{}\"", lagscale_tests::tools::KUBE_VERSION)), "{version}");
 
     // A server-side dry run goes through admission and validation but stores nothing.
     let dry = cluster.kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(DEPLOYMENT)).expect("dry run");

@@ -4,40 +4,15 @@
 use std::time::{Duration, Instant};
 
 use lagscale_tests::KafkaEndpoint;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 /// Produces `per_partition` messages to each listed partition.
 pub async fn produce(broker: &impl KafkaEndpoint, topic: &str, partitions: &[i32], per_partition: usize) {
-    let producer: FutureProducer = broker.client_config().set("linger.ms", "2").create().expect("producer");
-    let mut sends = Vec::new();
-    for &p in partitions {
-        for i in 0..per_partition {
-            let producer = producer.clone();
-            let topic = topic.to_owned();
-            sends.push(async move {
-                let payload = format!("m{i}");
-                producer
-                    .send(FutureRecord::<(), _>::to(&topic).partition(p).payload(&payload), Duration::from_secs(10))
-                    .await
-                    .map_err(|(e, _)| e)
-            });
-        }
-    }
-    for r in futures::future::join_all(sends).await {
-        r.expect("delivered");
-    }
+    lagscale_tests::kafka::produce(broker, topic, partitions, per_partition).await.expect("produce");
 }
 
 /// Commits `offsets` ((topic, partition, offset)) for `group` without consuming.
 pub fn commit(broker: &impl KafkaEndpoint, group: &str, offsets: &[(&str, i32, i64)]) {
-    let consumer: BaseConsumer = broker.client_config().set("group.id", group).create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in offsets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("tpl");
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    lagscale_tests::kafka::commit(broker, group, offsets).expect("commit");
 }
 
 /// An adapter running in this process against a real broker, on free loopback ports.
@@ -192,6 +167,8 @@ pub async fn delegated_adapter(
         ("RoleBinding", "lagscale:lag-adapter:auth-reader"),
         ("ClusterRole", "lagscale:external-metrics-reader"),
         ("ClusterRoleBinding", "lagscale:hpa-external-metrics-reader"),
+        ("ClusterRole", "lagscale:lag-adapter:scale-reader"),
+        ("ClusterRoleBinding", "lagscale:lag-adapter:scale-reader"),
     ]
     .iter()
     .map(|(kind, name)| find(&docs, kind, name).expect("shipped manifest").clone())

@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::config::parse_duration;
-use crate::hpa::{Spec, Stabilization};
+use hpa_model::{Release, Spec};
+use lag_adapter::config::parse_duration;
+
 use crate::simulate::{self, Outcome, RateTrace, Settings, WorkerModel};
 
 #[derive(Debug, Parser)]
@@ -80,18 +81,9 @@ pub struct ExplainArgs {
     pub kafka_timeout: Duration,
     /// Kafka client property KEY=VALUE (TLS, SASL), as for lag-adapter.
     #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',')]
-    pub kafka_properties: Vec<crate::kafka_security::KafkaProperty>,
+    pub kafka_properties: Vec<lag_adapter::kafka_security::KafkaProperty>,
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum KubernetesVersion {
-    /// 1.21 and later: recommendations bounded by both stabilization windows.
-    Current,
-    /// 1.18 to 1.20: only the window of the newest recommendation's direction applies.
-    #[value(name = "1.20")]
-    V1_20,
 }
 
 #[derive(Debug, Args)]
@@ -135,9 +127,14 @@ pub struct SimulateArgs {
     /// Partitions per topic, for the adapter's cap (0: no cap).
     #[arg(long, default_value_t = 12)]
     pub partitions: u32,
-    #[arg(long, value_enum, default_value = "current")]
-    pub kubernetes: KubernetesVersion,
-    /// Replicas at the start (default: each HPA's minimum).
+    /// The controller's release: 1.37 (and later; per-HPA tolerance, scale to zero), 1.35
+    /// (1.35-1.36: per-HPA tolerance) or 1.32 (1.23-1.34: the cluster's tolerance only).
+    #[arg(long, default_value = "1.37", value_parser = Release::parse)]
+    pub kubernetes: Release,
+    /// The target's activationLag (scale to zero): at or below it the adapter serves 0.
+    #[arg(long)]
+    pub activation_lag: Option<f64>,
+    /// Replicas at the start (default: each HPA's minimum, at least 1).
     #[arg(long)]
     pub initial_replicas: Option<i32>,
     /// Backlog at the start.
@@ -268,7 +265,7 @@ pub async fn record(args: &RecordArgs) -> Result<String, TunerError> {
     };
     let url = format!("{}/record/{}?format={format}", args.from.trim_end_matches('/'), args.target);
     let fail = |e: String| TunerError::Invalid(format!("GET {url}: {e}"));
-    crate::tls::install_crypto_provider();
+    lag_adapter::tls::install_crypto_provider();
     let client =
         reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| fail(e.to_string()))?;
     let response = client.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
@@ -293,7 +290,8 @@ pub async fn record(args: &RecordArgs) -> Result<String, TunerError> {
 
 /// Runs `explain`; returns what to print.
 pub async fn explain(args: &ExplainArgs) -> Result<String, TunerError> {
-    let file = crate::targets::TargetsFile::load(&args.targets_file).map_err(|e| TunerError::Invalid(e.to_string()))?;
+    let file =
+        lag_adapter::targets::TargetsFile::load(&args.targets_file).map_err(|e| TunerError::Invalid(e.to_string()))?;
     let target = file.targets.into_iter().find(|t| t.name == args.target).ok_or_else(|| {
         TunerError::Invalid(format!("no target {:?} in {}", args.target, args.targets_file.display()))
     })?;
@@ -307,10 +305,10 @@ pub async fn explain(args: &ExplainArgs) -> Result<String, TunerError> {
     if !(1..=100).contains(&args.samples) {
         return Err(TunerError::Invalid("--samples must be 1..100".into()));
     }
-    let security = crate::kafka_security::KafkaSecurity::from_properties(&args.kafka_properties)
+    let security = lag_adapter::kafka_security::KafkaSecurity::from_properties(&args.kafka_properties)
         .map_err(|e| TunerError::Invalid(e.to_string()))?;
-    let mut collector =
-        crate::collector::Collector::new(args.bootstrap_servers.clone(), args.kafka_timeout).with_security(security);
+    let mut collector = lag_adapter::collector::Collector::new(args.bootstrap_servers.clone(), args.kafka_timeout)
+        .with_security(security);
     let samples = crate::explain::sample(&mut collector, &target, args.samples, args.interval)
         .await
         .map_err(|e| TunerError::Invalid(e.to_string()))?;
@@ -362,14 +360,15 @@ pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
         sync_period_seconds: args.sync_period.as_secs_f64().max(1.0),
         poll_interval_seconds: args.poll_interval.as_secs_f64().max(0.1),
         partitions: Some(args.partitions).filter(|p| *p > 0),
-        stabilization: match args.kubernetes {
-            KubernetesVersion::Current => Stabilization::Bounded,
-            KubernetesVersion::V1_20 => Stabilization::OneWindow,
-        },
+        activation_lag: args.activation_lag,
+        release: args.kubernetes,
         initial_replicas: args.initial_replicas,
         initial_lag: args.initial_lag,
     };
-    let outcomes: Vec<Outcome> = specs.iter().map(|s| simulate::run(s, &trace, &model, &settings)).collect();
+    let outcomes: Vec<Outcome> = specs
+        .iter()
+        .map(|s| simulate::run(s, &trace, &model, &settings).map_err(|e| TunerError::Invalid(e.to_string())))
+        .collect::<Result<_, _>>()?;
     if let Some(path) = &args.svg {
         let title = format!(
             "{} events/s per worker, {:.1} s pause per rebalance, {} partitions",

@@ -24,12 +24,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::collector::Collector;
-use crate::error::KafkaError;
-use crate::hpa::{Controller, Spec, Stabilization, TargetType};
-use crate::lag::{CapApplied, OffsetPolicy};
-use crate::snapshot::{Histories, PartitionLag, Snapshot};
-use crate::targets::Target;
+use hpa_model::cap::CapApplied;
+use hpa_model::{Controller, Release, Spec, TargetType};
+use lag_adapter::collector::Collector;
+use lag_adapter::error::KafkaError;
+use lag_adapter::lag::OffsetPolicy;
+use lag_adapter::snapshot::{Histories, PartitionLag, Snapshot};
+use lag_adapter::targets::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -91,6 +92,8 @@ pub enum ExplainError {
     UnknownTarget(String),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Spec(#[from] hpa_model::SpecError),
 }
 
 /// Collects `samples` cycles `interval` apart for `target`.
@@ -113,6 +116,7 @@ pub async fn sample(
             &collected,
             &mut histories,
             std::slice::from_ref(target),
+            &std::collections::HashMap::new(),
             target.uncommitted_offset_policy,
             SystemTime::now(),
         ));
@@ -194,7 +198,7 @@ pub fn explain(
         target_milli: i64::try_from(target.lag_per_replica).unwrap_or(i64::MAX / 1000).saturating_mul(1000),
         behavior: None,
     });
-    let controller = Controller::new(spec.clone(), Stabilization::Bounded);
+    let controller = Controller::new(spec.clone(), Release::V1_37)?;
     let served_milli = i64::try_from(last.value.value.milli_value()).unwrap_or(i64::MAX);
     let (desired, usage_ratio, within_tolerance) =
         controller.recommend(i32::try_from(current).unwrap_or(i32::MAX), served_milli);
@@ -265,9 +269,12 @@ pub fn render(e: &Explanation) -> String {
             e.partitions, e.lag_per_replica, e.uncapped_replicas
         ),
         CapApplied::AboveTolerance => format!(
-            "capped just above the HPA's tolerance band (the group is within 10 % of {} partitions)",
+            "capped just above the HPA's scale-up tolerance band (the group runs within it of {} partitions)",
             e.partitions
         ),
+        CapApplied::Inactive => {
+            "0: the lag waiting is at most the target's activationLag (minReplicas 0 scales to zero)".to_owned()
+        }
     };
     out.push_str(&format!(
         "\ntotal lag {} over {} partitions (oldest unconsumed {:.1} s); uncommitted partitions count as {:?}\n",

@@ -1,7 +1,7 @@
-//! lag-tuner: see `lag_adapter::tuner`.
+//! lag-tuner: see `lag_tuner::cli`.
 
 use clap::Parser;
-use lag_adapter::tuner::{Cli, Command, explain, record, simulate};
+use lag_tuner::cli::{Cli, Command, explain, record, simulate};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {

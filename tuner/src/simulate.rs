@@ -1,6 +1,6 @@
 //! What an HPA would do to the workers, before it does it: a lag trace (or an event-rate
 //! trace) and a worker model go in; the replica timeline, the reconfigurations, the peak lag
-//! and the time to drain come out. The controller is [`crate::hpa::Controller`], the real
+//! and the time to drain come out. The controller is [`hpa_model::Controller`], the real
 //! algorithm; around it, the loop the cluster runs:
 //!
 //! - events arrive at the trace's rate; running workers process `events_per_second` each,
@@ -11,7 +11,7 @@
 //!   `partitions x lagPerReplica`; the HPA reads it every `sync_period`;
 //! - a new replica joins `start_delay` after the HPA asks for it; a removed one leaves at once.
 
-use crate::hpa::{Controller, Spec, Stabilization, TargetType};
+use hpa_model::{Controller, Release, Spec, SpecError, TargetType};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerModel {
@@ -31,7 +31,11 @@ pub struct Settings {
     pub poll_interval_seconds: f64,
     /// Partitions per topic: the adapter's cap (`None`: no cap).
     pub partitions: Option<u32>,
-    pub stabilization: Stabilization,
+    /// The target's `activationLag`: at or below it the adapter serves 0 (`None`: no
+    /// activation, the lag is served as it is).
+    pub activation_lag: Option<f64>,
+    /// The controller's release (what its feature gates do by default).
+    pub release: Release,
     /// Replicas at the start (default: the HPA's minimum).
     pub initial_replicas: Option<i32>,
     /// Lag at the start.
@@ -121,11 +125,13 @@ pub struct Outcome {
     pub replica_hours: f64,
 }
 
-/// Runs one HPA over the trace.
-pub fn run(spec: &Spec, trace: &RateTrace, model: &WorkerModel, settings: &Settings) -> Outcome {
+/// Runs one HPA over the trace; refuses what the release's API server would refuse.
+pub fn run(spec: &Spec, trace: &RateTrace, model: &WorkerModel, settings: &Settings) -> Result<Outcome, SpecError> {
     const DT: f64 = 0.1;
-    let mut controller = Controller::new(spec.clone(), settings.stabilization);
-    let mut replicas = settings.initial_replicas.unwrap_or(spec.min).clamp(spec.min, spec.max);
+    let mut controller = Controller::new(spec.clone(), settings.release)?;
+    // An HPA with minReplicas 0 starts from a running workload: at 0 replicas it did not set
+    // itself, the controller does not scale at all.
+    let mut replicas = settings.initial_replicas.unwrap_or(spec.min.max(1)).clamp(spec.min.max(1), spec.max);
     let mut running = replicas;
     let mut joins: Vec<f64> = Vec::new();
     let mut backlog = settings.initial_lag.max(0.0);
@@ -181,8 +187,11 @@ pub fn run(spec: &Spec, trace: &RateTrace, model: &WorkerModel, settings: &Setti
                     }
                     if remove > 0 {
                         running -= remove;
-                        outcome.reconfigurations += 1;
-                        pause_until = pause_until.max(t) + model.pause_seconds;
+                        // Scaled to zero: nobody is left to pause.
+                        if running > 0 {
+                            outcome.reconfigurations += 1;
+                            pause_until = pause_until.max(t) + model.pause_seconds;
+                        }
                     }
                 }
                 replicas = decision.replicas;
@@ -204,7 +213,10 @@ pub fn run(spec: &Spec, trace: &RateTrace, model: &WorkerModel, settings: &Setti
         }
         if t >= next_poll {
             let lag = backlog + uncommitted;
-            served = cap.map_or(lag, |c| lag.min(c));
+            served = match settings.activation_lag {
+                Some(activation) if lag <= activation => 0.0,
+                _ => cap.map_or(lag, |c| lag.min(c)),
+            };
             next_poll += settings.poll_interval_seconds;
         }
         if backlog > outcome.peak_backlog {
@@ -226,17 +238,18 @@ pub fn run(spec: &Spec, trace: &RateTrace, model: &WorkerModel, settings: &Setti
             next_sample += 1.0;
         }
     }
-    outcome
+    Ok(outcome)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hpa::{Policy, PolicyType, Rules, SelectPolicy};
+    use hpa_model::{Policy, PolicyType, Rules, SelectPolicy};
 
     fn spec(up_window: i64, down_window: i64) -> Spec {
         let rules = |w: i64, period: i64| Rules {
             window_ms: w * 1000,
+            tolerance: None,
             select: SelectPolicy::Min,
             policies: vec![Policy { kind: PolicyType::Pods, value: 1, period_ms: period * 1000 }],
         };
@@ -266,7 +279,8 @@ mod tests {
             sync_period_seconds: 15.0,
             poll_interval_seconds: 5.0,
             partitions: Some(8),
-            stabilization: Stabilization::Bounded,
+            activation_lag: None,
+            release: Release::V1_37,
             initial_replicas: None,
             initial_lag: 0.0,
         }
@@ -275,7 +289,7 @@ mod tests {
     #[test]
     fn a_steady_load_the_minimum_handles_never_scales() {
         let trace = RateTrace::parse("0:4000").expect("trace");
-        let out = run(&spec(300, 600), &trace, &model(), &settings(3600.0));
+        let out = run(&spec(300, 600), &trace, &model(), &settings(3600.0)).expect("valid");
         assert!(out.scalings.is_empty(), "{:?}", out.scalings);
         assert_eq!(out.reconfigurations, 0);
         assert!(out.peak_backlog < 100.0, "{}", out.peak_backlog);
@@ -286,7 +300,7 @@ mod tests {
     fn a_burst_scales_up_one_pod_per_period_drains_and_comes_back_down() {
         // 10 minutes at 25,000/s: two workers (10,000/s) fall behind by 15,000/s.
         let trace = RateTrace::parse("0:4000,300:25000,900:4000").expect("trace");
-        let out = run(&spec(300, 600), &trace, &model(), &settings(7200.0));
+        let out = run(&spec(300, 600), &trace, &model(), &settings(7200.0)).expect("valid");
         let ups = out.scalings.iter().filter(|(_, from, to)| to > from).count();
         let downs = out.scalings.iter().filter(|(_, from, to)| to < from).count();
         assert!(ups >= 3 && downs >= 3, "{:?}", out.scalings);
@@ -306,8 +320,8 @@ mod tests {
     #[test]
     fn a_faster_profile_drains_sooner_at_the_price_of_more_replica_time() {
         let trace = RateTrace::parse("0:4000,300:25000,900:4000").expect("trace");
-        let slow = run(&spec(300, 600), &trace, &model(), &settings(7200.0));
-        let fast = run(&spec(0, 300), &trace, &model(), &settings(7200.0));
+        let slow = run(&spec(300, 600), &trace, &model(), &settings(7200.0)).expect("valid");
+        let fast = run(&spec(0, 300), &trace, &model(), &settings(7200.0)).expect("valid");
         assert!(fast.peak_backlog < slow.peak_backlog, "{} vs {}", fast.peak_backlog, slow.peak_backlog);
         assert!(fast.scalings[0].0 < slow.scalings[0].0);
     }

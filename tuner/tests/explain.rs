@@ -2,15 +2,16 @@
 //! without commits, Burrow-style statuses from offsets moving (or not) between samples, and
 //! what the HPA will compute.
 
+#[path = "../../adapter/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{commit, produce};
 use lag_adapter::collector::Collector;
-use lag_adapter::explain::{Status, explain, render, sample};
 use lag_adapter::targets::TargetsFile;
+use lag_tuner::explain::{Status, explain, render, sample};
+use lagscale_tests::kafka::{commit, produce};
 use lagscale_tests::{Broker, RunDir};
 
 const TARGETS: &str = "targets:
@@ -30,11 +31,11 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     let run = RunDir::new("explain").expect("run dir");
     let broker = Broker::start(&run).await.expect("broker");
     broker.create_topic("orders", 4).await.expect("topic");
-    produce(&broker, "orders", &[0, 1, 2, 3], 100).await;
+    produce(&broker, "orders", &[0, 1, 2, 3], 100).await.expect("produce");
     // p0 caught up; p1 behind and never moving; p2 moving but falling behind; p3 never
     // committed (counted from log-start: earliest).
-    commit(&broker, "billing", &[("orders", 0, 100), ("orders", 1, 40), ("orders", 2, 50)]);
-    commit(&broker, "rewinder", &[("orders", 0, 80)]);
+    commit(&broker, "billing", &[("orders", 0, 100), ("orders", 1, 40), ("orders", 2, 50)]).expect("commit");
+    commit(&broker, "rewinder", &[("orders", 0, 80)]).expect("commit");
 
     let file = TargetsFile::parse(TARGETS, "test").expect("targets");
     let target = Arc::new(file.targets[0].clone());
@@ -48,9 +49,9 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     let (mut samples, mut rewound_samples) = (Vec::new(), Vec::new());
     for i in 0..4i64 {
         if i > 0 {
-            produce(&broker, "orders", &[1, 2], 40).await;
-            commit(&broker, "billing", &[("orders", 2, 50 + 5 * i)]);
-            commit(&broker, "rewinder", &[("orders", 0, 80 - 10 * i)]);
+            produce(&broker, "orders", &[1, 2], 40).await.expect("produce");
+            commit(&broker, "billing", &[("orders", 2, 50 + 5 * i)]).expect("commit");
+            commit(&broker, "rewinder", &[("orders", 0, 80 - 10 * i)]).expect("commit");
         }
         samples.extend(sample(&mut collector, &target, 1, Duration::ZERO).await.expect("sample"));
         if i < 3 {
@@ -121,8 +122,8 @@ async fn records_what_was_served_and_exports_it_for_simulate() {
     let run = RunDir::new("record").expect("run dir");
     let broker = Broker::start(&run).await.expect("broker");
     broker.create_topic("orders", 2).await.expect("topic");
-    produce(&broker, "orders", &[0, 1], 50).await;
-    commit(&broker, "billing", &[("orders", 0, 10), ("orders", 1, 20)]);
+    produce(&broker, "orders", &[0, 1], 50).await.expect("produce");
+    commit(&broker, "billing", &[("orders", 0, 10), ("orders", 1, 20)]).expect("commit");
     let targets = run.path().join("targets.yaml");
     std::fs::write(&targets, TARGETS).expect("write");
     let adapter =
