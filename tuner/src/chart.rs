@@ -163,8 +163,9 @@ mod tests {
             paused_seconds: 0.0,
             peak_backlog: ((replicas.len() - 1) * 100) as f64,
             peak_at: 0.0,
-            drain_seconds: None,
-            replica_hours: 0.0,
+            bursts: Vec::new(),
+            over_slo_seconds: 0.0,
+            replica_minutes: 0.0,
         }
     }
 

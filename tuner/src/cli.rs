@@ -11,7 +11,7 @@ use serde::Serialize;
 use hpa_model::{Release, Spec};
 use lag_adapter::config::parse_duration;
 
-use crate::simulate::{self, Outcome, RateTrace, Settings, WorkerModel};
+use crate::simulate::{self, Outcome, RateTrace, Serving, Settings, WorkerModel};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,11 +87,15 @@ pub struct ExplainArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("trace").required(true).args(["rate", "rate_file", "lag_file"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["trace", "rate", "rate_file", "lag_file"])))]
 pub struct SimulateArgs {
     /// HPA manifest (autoscaling/v2, one External metric); repeat to compare profiles.
     #[arg(long = "hpa", required = true)]
     pub hpas: Vec<PathBuf>,
+    /// A built-in trace: step (one burst), sine (a daily cycle), spikes (a spike every 30
+    /// minutes) or day (four hours of a busy day).
+    #[arg(long)]
+    pub trace: Option<String>,
     /// Synthetic arrivals: SECONDS:EVENTS_PER_SECOND steps, e.g. "0:4000,600:25000,1500:4000".
     #[arg(long)]
     pub rate: Option<String>,
@@ -140,6 +144,14 @@ pub struct SimulateArgs {
     /// Backlog at the start.
     #[arg(long, default_value_t = 0.0)]
     pub initial_lag: f64,
+    /// The lag SLO, in events: time with the backlog above it is reported (default: 10 x the
+    /// first HPA's averageValue).
+    #[arg(long)]
+    pub lag_slo: Option<f64>,
+    /// Leave out the row of KEDA's default Kafka scaling (lagThreshold = the first HPA's
+    /// averageValue, no HPA behaviour, the cap without the tolerance escape).
+    #[arg(long)]
+    pub no_keda: bool,
     /// Write an SVG chart (backlog and replicas over time, one colour per HPA).
     #[arg(long)]
     pub svg: Option<PathBuf>,
@@ -197,13 +209,16 @@ struct Report<'a> {
     scale_downs: usize,
     peak_backlog: f64,
     peak_at_seconds: f64,
-    drain_seconds: Option<f64>,
+    /// Seconds each burst took to drain (`null`: not drained by the end).
+    burst_drain_seconds: Vec<Option<f64>>,
+    over_slo_seconds: f64,
     paused_seconds: f64,
-    replica_hours: f64,
+    replica_minutes: f64,
     scalings: Vec<(f64, i32, i32)>,
 }
 
 fn report(o: &Outcome) -> Report<'_> {
+    let tenth = |v: f64| (v * 10.0).round() / 10.0;
     Report {
         profile: &o.profile,
         reconfigurations: o.reconfigurations,
@@ -211,10 +226,11 @@ fn report(o: &Outcome) -> Report<'_> {
         scale_downs: o.scalings.iter().filter(|(_, a, b)| b < a).count(),
         peak_backlog: o.peak_backlog.round(),
         peak_at_seconds: o.peak_at,
-        drain_seconds: o.drain_seconds,
-        paused_seconds: (o.paused_seconds * 10.0).round() / 10.0,
-        replica_hours: (o.replica_hours * 100.0).round() / 100.0,
-        scalings: o.scalings.iter().map(|&(t, a, b)| ((t * 10.0).round() / 10.0, a, b)).collect(),
+        burst_drain_seconds: o.bursts.iter().map(|b| b.drain_seconds().map(tenth)).collect(),
+        over_slo_seconds: tenth(o.over_slo_seconds),
+        paused_seconds: tenth(o.paused_seconds),
+        replica_minutes: o.replica_minutes.round(),
+        scalings: o.scalings.iter().map(|&(t, a, b)| (tenth(t), a, b)).collect(),
     }
 }
 
@@ -227,22 +243,37 @@ fn clock(seconds: f64) -> String {
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<24} {:>9} {:>5} {:>5} {:>12} {:>9} {:>10} {:>8} {:>9}\n",
-        "profile", "reconfig", "ups", "downs", "peak backlog", "peak at", "drain", "paused", "replica-h"
+        "{:<20} {:>8} {:>4} {:>5} {:>12} {:>6} {:>11} {:>9} {:>8} {:>11}\n",
+        "profile",
+        "reconfig",
+        "ups",
+        "downs",
+        "peak backlog",
+        "bursts",
+        "worst drain",
+        "over SLO",
+        "paused",
+        "replica-min"
     ));
     for o in outcomes {
         let r = report(o);
+        let worst = match o.worst_drain() {
+            None => "-".to_owned(),
+            Some(None) => "never".to_owned(),
+            Some(Some(d)) => clock(d),
+        };
         out.push_str(&format!(
-            "{:<24} {:>9} {:>5} {:>5} {:>12.0} {:>9} {:>10} {:>7.1}s {:>9.2}\n",
+            "{:<20} {:>8} {:>4} {:>5} {:>12.0} {:>6} {:>11} {:>9} {:>7.1}s {:>11.0}\n",
             r.profile,
             r.reconfigurations,
             r.scale_ups,
             r.scale_downs,
             r.peak_backlog,
-            clock(r.peak_at_seconds),
-            r.drain_seconds.map_or_else(|| "never".to_owned(), clock),
+            o.bursts.len(),
+            worst,
+            clock(r.over_slo_seconds),
             r.paused_seconds,
-            r.replica_hours
+            r.replica_minutes
         ));
     }
     for o in outcomes {
@@ -321,6 +352,23 @@ pub async fn explain(args: &ExplainArgs) -> Result<String, TunerError> {
     }
 }
 
+/// The HPA KEDA creates for a ScaledObject with the Kafka trigger and its defaults: one
+/// External metric, AverageValue lagThreshold (here the reference profile's target), no
+/// `behavior` (the controller's legacy rules: 5-minute scale-down window, up to max(2x, 4)),
+/// minimum 1 (KEDA's own activation takes it to 0 only when the lag is exactly 0 for the
+/// cooldown), the same maximum as the reference profile.
+fn keda_default(reference: &Spec) -> Spec {
+    Spec {
+        name: "keda-default".into(),
+        min: 1,
+        max: reference.max,
+        metric: reference.metric.clone(),
+        target_type: hpa_model::TargetType::AverageValue,
+        target_milli: reference.target_milli,
+        behavior: None,
+    }
+}
+
 /// Runs `simulate`; returns what to print.
 pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
     let specs = args
@@ -331,7 +379,12 @@ pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
     if !(args.events_per_replica.is_finite() && args.events_per_replica > 0.0) {
         return Err(TunerError::Invalid("--events-per-replica must be positive".into()));
     }
-    let trace = if let Some(text) = &args.rate {
+    let mut preset_duration = None;
+    let trace = if let Some(name) = &args.trace {
+        let (trace, duration) = RateTrace::preset(name).map_err(TunerError::Invalid)?;
+        preset_duration = Some(duration);
+        trace
+    } else if let Some(text) = &args.rate {
         RateTrace::parse(text).map_err(TunerError::Invalid)?
     } else if let Some(path) = &args.rate_file {
         let steps = csv(path, 2)?.into_iter().map(|r| (r[0], r[1])).collect::<Vec<_>>();
@@ -345,9 +398,15 @@ pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
         return Err(TunerError::Invalid("give --rate, --rate-file or --lag-file".into()));
     };
     let last_step = trace.steps.last().map_or(0.0, |s| s.0);
-    let duration = args.duration.map_or(last_step + 3600.0, |d| d.as_secs_f64());
+    let duration = args.duration.map_or(preset_duration.unwrap_or(last_step + 3600.0), |d| d.as_secs_f64());
     if duration <= 0.0 || duration > 7.0 * 86_400.0 {
         return Err(TunerError::Invalid("--duration must be between 1s and 7 days".into()));
+    }
+    // Bursts and the SLO are measured against the first profile's target, for every row.
+    let one_replica = specs[0].target_milli as f64 / 1000.0;
+    let lag_slo = args.lag_slo.unwrap_or(10.0 * one_replica);
+    if !(lag_slo.is_finite() && lag_slo > 0.0) {
+        return Err(TunerError::Invalid("--lag-slo must be positive".into()));
     }
     let model = WorkerModel {
         events_per_second: args.events_per_replica,
@@ -364,10 +423,18 @@ pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
         release: args.kubernetes,
         initial_replicas: args.initial_replicas,
         initial_lag: args.initial_lag,
+        burst_threshold: one_replica,
+        lag_slo,
     };
-    let outcomes: Vec<Outcome> = specs
+    let mut runs: Vec<(Spec, Serving)> = specs.iter().map(|s| (s.clone(), Serving::Lagscale)).collect();
+    if !args.no_keda {
+        runs.push((keda_default(&specs[0]), Serving::KedaDefault));
+    }
+    let outcomes: Vec<Outcome> = runs
         .iter()
-        .map(|s| simulate::run(s, &trace, &model, &settings).map_err(|e| TunerError::Invalid(e.to_string())))
+        .map(|(s, serving)| {
+            simulate::run(s, *serving, &trace, &model, &settings).map_err(|e| TunerError::Invalid(e.to_string()))
+        })
         .collect::<Result<_, _>>()?;
     if let Some(path) = &args.svg {
         let title = format!(
@@ -421,19 +488,38 @@ mod tests {
             text.contains("conservative: replicas over time") && text.contains("fast: replicas over time"),
             "{text}"
         );
-        assert_eq!(
-            text.lines().filter(|l| l.starts_with("conservative ") || l.starts_with("fast ")).count(),
-            2,
-            "{text}"
-        );
+        let rows = ["conservative ", "fast ", "keda-default "];
+        assert_eq!(text.lines().filter(|l| rows.iter().any(|r| l.starts_with(r))).count(), 3, "{text}");
         let chart = std::fs::read_to_string(&svg).expect("svg");
-        assert_eq!(chart.matches("<polyline").count(), 4);
+        assert_eq!(chart.matches("<polyline").count(), 6, "two lines per row, KEDA's included");
         let mut a = a;
         a.json = true;
         let json: serde_json::Value = serde_json::from_str(&simulate(&a).expect("json")).expect("parse");
-        let (conservative, fast) = (&json[0], &json[1]);
+        let (conservative, fast, keda) = (&json[0], &json[1], &json[2]);
         assert!(conservative["scale_ups"].as_u64() >= Some(1), "{json}");
         assert!(fast["peak_backlog"].as_f64() < conservative["peak_backlog"].as_f64(), "{json}");
+        assert_eq!(keda["profile"], "keda-default");
+        // One burst (120k/s for 15 min): drained after it, and over the default SLO (10 x 50k).
+        let drains = conservative["burst_drain_seconds"].as_array().expect("bursts");
+        assert_eq!(drains.len(), 1, "{json}");
+        assert!(drains[0].as_f64() > Some(0.0) && conservative["over_slo_seconds"].as_f64() > Some(0.0), "{json}");
+        a.no_keda = true;
+        let json: serde_json::Value = serde_json::from_str(&simulate(&a).expect("json")).expect("parse");
+        assert_eq!(json.as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn built_in_traces_and_the_slo_flag() {
+        for trace in ["step", "sine", "spikes", "day"] {
+            let a = args(&["--hpa", FAST, "--trace", trace, "--json"]).expect("args");
+            let json: serde_json::Value = serde_json::from_str(&simulate(&a).expect(trace)).expect("json");
+            assert!(json[0]["reconfigurations"].as_u64() >= Some(1), "{trace}: {json}");
+        }
+        let e = simulate(&args(&["--hpa", FAST, "--trace", "weekly"]).expect("args")).expect_err("unknown");
+        assert!(e.to_string().contains("weekly"), "{e}");
+        let e = simulate(&args(&["--hpa", FAST, "--trace", "step", "--lag-slo", "0"]).expect("args")).expect_err("0");
+        assert!(e.to_string().contains("--lag-slo"), "{e}");
+        assert!(args(&["--hpa", FAST, "--trace", "step", "--rate", "0:1"]).is_err(), "one input");
     }
 
     #[test]
