@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Replays a realistic day-in-four-hours trace through the shipped HPA profiles and writes the
-# table and chart in hpa/README.md (hpa/profiles.svg). Extra arguments go to
-# `lag-tuner simulate` (e.g. --events-per-replica 15000 --pause 5s --kubernetes 1.20).
+# Replays the built-in traces through the shipped HPA profiles, with KEDA's default Kafka
+# scaling beside them, and writes the tables and charts of hpa/README.md (hpa/charts/*.svg).
+# Extra arguments go to every `lag-tuner simulate` (e.g. --events-per-replica 15000 --pause 5s).
 #
-# The trace, in events/s: 20k baseline; a 15-minute backfill at 150k from 0:30; a busy hour at
-# 40-60k from 1:30; back to 20k at 2:20.
+# Traces (lag-tuner simulate --help): step, sine, spikes, day, batches; and the record of a
+# closed-loop run on the real 1.37 controller (hpa/traces/closed-loop.csv), replayed at the
+# test's scale.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo build --release --locked -q -p lag-adapter --bin lag-tuner
-target/release/lag-tuner simulate \
-  --hpa hpa/hpa.yaml --hpa hpa/profiles/fast.yaml --hpa hpa/profiles/steady.yaml \
-  --rate "0:20000,1800:150000,2700:20000,5400:40000,6000:60000,7800:40000,8400:20000" \
-  --duration 4h --svg hpa/profiles.svg "$@"
+cargo build --release --locked -q -p lag-tuner --bin lag-tuner
+tuner=target/release/lag-tuner
+mkdir -p hpa/charts
+profiles=(--hpa hpa/hpa.yaml --hpa hpa/profiles/fast.yaml --hpa hpa/profiles/steady.yaml --hpa hpa/profiles/scale-to-zero.yaml)
+# activationLag 0, as deploy/adapter/configmap.yaml ships it.
+for trace in step sine spikes day batches; do
+  echo "== $trace"
+  "$tuner" simulate "${profiles[@]}" --activation-lag 0 --trace "$trace" --svg "hpa/charts/$trace.svg" "$@" \
+    | sed -n '1,/^$/p'
+done

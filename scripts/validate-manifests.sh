@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Validates deploy/ and hpa/: strict schema validation for Kubernetes 1.32 (kubernetes-validate),
-# a server-side dry-run against a real local kube-apiserver, and the cross-checks between them
-# (HPA max <= partitions, HPA target = the adapter's, grace periods, caBundle).
+# Validates deploy/ and hpa/: strict schema validation for Kubernetes 1.37 (kubernetes-validate),
+# a server-side dry-run against a real local kube-apiserver 1.37, and the cross-checks between
+# them (HPA max <= partitions, HPA target = the adapter's, minReplicas 0 only with activation,
+# grace periods, caBundle).
 # Installs what it needs (scripts/install-services.sh); uses a throwaway copy of deploy/ with
 # freshly generated secrets.
 set -euo pipefail

@@ -190,11 +190,13 @@ async fn external_metric(
     State(state): State<ApiState>,
     Path((namespace, metric)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    user: Option<axum::Extension<crate::authn::User>>,
 ) -> Response {
     match answer(&state, &namespace, &metric, query.as_deref()) {
         Ok((body, value_milli, items)) => {
             state.shared.recorder.answered(crate::record::Answer {
                 at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                user: user.map(|u| u.0.name).unwrap_or_default(),
                 namespace,
                 metric,
                 selector: selector_text(query.as_deref()),

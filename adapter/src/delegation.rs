@@ -164,5 +164,8 @@ pub async fn guard(State(delegation): State<Arc<Delegation>>, request: Request, 
     if !decision.allowed {
         return Status::forbidden(&user.name, &attributes.describe(), &decision.reason).into_response();
     }
+    // Handlers see who asked (the answers log keeps it).
+    let user = user.clone();
+    parts.extensions.insert(user);
     next.run(Request::from_parts(parts, body)).await
 }

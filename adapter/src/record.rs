@@ -7,7 +7,7 @@
 //! record` saves it. The CSV's first three columns (`seconds,lag,replicas`) are what
 //! `lag-tuner simulate --lag-file` reads.
 //!
-//! Beside it, every answer to an external-metrics query: when, for which metric and
+//! Beside it, every answer to an external-metrics query: when, to whom, for which metric and
 //! selector, and the sum of the values (what the HPA controller sums and scales on).
 //! `GET /answers?metric=NAME` exports them: the exact samples the HPA read, to replay its
 //! decisions (`lag-tuner record --answers`).
@@ -31,6 +31,9 @@ pub const ANSWERS_KEPT: usize = 2400;
 pub struct Answer {
     /// Unix time of the answer.
     pub at: f64,
+    /// Who asked (the HPA controller: `system:serviceaccount:kube-system:horizontal-pod-autoscaler`);
+    /// empty without authentication.
+    pub user: String,
     pub namespace: String,
     pub metric: String,
     /// The label selector as asked (empty: none).
@@ -163,19 +166,13 @@ pub fn jsonl<T: Serialize>(rows: &[T]) -> String {
     out
 }
 
-/// The replicas of every HPA whose External metric is a target's name, from the cluster:
-/// `autoscaling/v2`, or `v2beta2` on clusters before 1.23.
+/// The replicas of every HPA whose External metric is a target's name, from the cluster
+/// (`autoscaling/v2`: every supported Kubernetes release serves it).
 pub async fn hpa_replicas(client: &kube::Client) -> Result<HashMap<String, u32>, kube::Error> {
-    let list = |version: &str| {
-        let request =
-            http::Request::get(format!("/apis/autoscaling/{version}/horizontalpodautoscalers")).body(Vec::new());
-        async move { client.request::<serde_json::Value>(request.map_err(kube::Error::HttpError)?).await }
-    };
-    let list = match list("v2").await {
-        Ok(list) => list,
-        Err(_) => list("v2beta2").await?,
-    };
-    Ok(replicas_by_metric(&list))
+    let request = http::Request::get("/apis/autoscaling/v2/horizontalpodautoscalers")
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    Ok(replicas_by_metric(&client.request::<serde_json::Value>(request).await?))
 }
 
 fn replicas_by_metric(list: &serde_json::Value) -> HashMap<String, u32> {
@@ -246,6 +243,7 @@ mod tests {
         let r = Recorder::new(4);
         let answer = |at: f64, metric: &str| Answer {
             at,
+            user: String::new(),
             namespace: "default".into(),
             metric: metric.into(),
             selector: String::new(),

@@ -6,9 +6,9 @@
 //! trap the cap escapes (12 partitions, 11 replicas).
 //!
 //! The comparison does not depend on machine load: the adapter keeps every answer it gave
-//! (`/answers`: time and value), so the model is fed exactly the samples the controller read,
-//! at the times it read them, and must produce the same sequence of replica counts as the
-//! Deployments went through (watched, so no short-lived step is missed). Windows and periods
+//! (`/answers`: time, asker and value), so the model is fed exactly the samples the controller
+//! read, at the times it read them, and must produce the same sequence of replica counts as
+//! the Deployments went through (watched, so no short-lived step is missed). Windows and periods
 //! are odd seconds against a 2 s sync, so no decision sits on a window's edge.
 //! `scripts/hpa-agreement.sh N` runs it N times in a row and prints the tally.
 
@@ -26,6 +26,8 @@ use lagscale_tests::pki::{Ca, Leaf};
 use lagscale_tests::{Broker, ControlPlane, ControlPlaneOptions, RunDir};
 
 const SYNC_SECONDS: u64 = 2;
+/// Who the HPA controller is (kube-controller-manager with --use-service-account-credentials).
+const HPA_CONTROLLER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
 const PARTITIONS: i32 = 12;
 const PER_PARTITION: i64 = 4_000;
 
@@ -345,12 +347,12 @@ async fn the_model_makes_the_real_controllers_decisions_on_the_samples_it_read()
             .text()
             .await
             .expect("text");
+        // The controller's reads only: the test's own probes through kubectl are answers too.
         let answers: Vec<(f64, i64)> = lines
             .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-                (v["at"].as_f64().expect("at"), v["value_milli"].as_i64().expect("value"))
-            })
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+            .filter(|v| v["user"] == HPA_CONTROLLER)
+            .map(|v| (v["at"].as_f64().expect("at"), v["value_milli"].as_i64().expect("value")))
             .collect();
         let spec = Spec::from_yaml(case.name, &hpa(case)).expect("spec");
         let modelled: Vec<i32> = replay(&spec, initial(case), &answers).into_iter().map(|c| c.1).collect();

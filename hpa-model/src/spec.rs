@@ -227,7 +227,7 @@ mod tests {
         let (up, down) = hpa.behavior.expect("behavior");
         assert_eq!((up.window_ms, up.select, up.policies.len()), (300_000, SelectPolicy::Min, 1));
         assert_eq!((down.window_ms, down.policies[0].period_ms), (600_000, 180_000));
-        for profile in ["fast", "steady"] {
+        for profile in ["fast", "steady", "scale-to-zero"] {
             let text = std::fs::read_to_string(format!("{root}profiles/{profile}.yaml")).expect("read");
             Spec::from_yaml(profile, &text).expect(profile);
         }

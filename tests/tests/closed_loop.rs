@@ -28,6 +28,7 @@ const TIME_SCALE: i64 = 10;
 /// events/s into debug-build workers; the shipped 10,000 suits production rates.
 const LAG_PER_REPLICA: u64 = 1000;
 const METRIC_PATH: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/pipeline/projection-worker-lag";
+const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/pipeline/horizontalpodautoscalers/projection-worker";
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
@@ -37,10 +38,10 @@ fn scrape(port: u16) -> String {
     http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default()
 }
 
-/// hpa/hpa.yaml as the test applies it: windows and periods shortened,
+/// A shipped HPA profile as the test applies it: windows and periods divided by TIME_SCALE,
 /// maxReplicas = the test's partitions, the lag target scaled to the test's event rate.
-fn test_hpa() -> Value {
-    let text = std::fs::read_to_string(repo_root().join("hpa/hpa.yaml")).expect("hpa/hpa.yaml");
+fn test_hpa(file: &str) -> Value {
+    let text = std::fs::read_to_string(repo_root().join(file)).expect("hpa manifest");
     let mut hpa = documents(&text).expect("yaml").remove(0);
     hpa["spec"]["maxReplicas"] = Value::from(PARTITIONS);
     hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"] = Value::from(LAG_PER_REPLICA.to_string());
@@ -139,9 +140,20 @@ async fn replicas(api: &kube::Api<Deployment>) -> i32 {
     d.spec.and_then(|s| s.replicas).expect("replicas")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
-    let run = RunDir::new("closed-loop").expect("run dir");
+/// The loop without its HPA: control plane, broker, MongoDB, the adapter behind the
+/// aggregator, deploy/'s worker Deployment and the kubelet stand-in running its replicas.
+struct Loop {
+    run: RunDir,
+    cluster: ControlPlane,
+    pipeline: Pipeline,
+    kubelet: Kubelet,
+    deployments: kube::Api<Deployment>,
+    bin_dir: std::path::PathBuf,
+}
+
+/// `offset_policy`: the scaling target's uncommittedOffsetPolicy (deploy/ ships `earliest`).
+async fn start_loop(name: &str, offset_policy: &str) -> Loop {
+    let run = RunDir::new(name).expect("run dir");
     let deploy = deploy_copy(run.path()).expect("deploy copy");
     let docs = documents(&kustomize(&deploy).expect("kustomize")).expect("yaml");
     let bin_dir = sibling_bin_dir().expect("bin dir");
@@ -155,6 +167,7 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     )
     .expect("targets yaml");
     targets["targets"][0]["lagPerReplica"] = Value::from(LAG_PER_REPLICA);
+    targets["targets"][0]["uncommittedOffsetPolicy"] = Value::from(offset_policy);
     let targets = serde_yaml_ng::to_string(&targets).expect("targets yaml");
     let ca = Ca::new("closed-loop-adapter-ca").expect("ca");
     let (cert, key) = ca
@@ -247,101 +260,129 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     while kubelet.workers.len() < replicas(&deployments).await as usize {
         kubelet.start_one().await;
     }
+    Loop { run, cluster, pipeline, kubelet, deployments, bin_dir }
+}
 
-    // The HPA, then a stream the two workers cannot keep below 1000 lag per replica.
-    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&[test_hpa()]).expect("yaml"))).expect("hpa");
-    let ids = run.path().join("ids.tsv");
-    let producer = tokio::process::Command::new(binary(&bin_dir, "event-producer").expect("producer"))
-        .args(["--bootstrap-servers", &pipeline.broker.bootstrap(), "--rate", "3000", "--duration", "45s", "--json"])
-        .arg("--ids-file")
-        .arg(&ids)
-        .output();
-    let producing = tokio::spawn(producer);
-
-    // Follow the Deployment until the HPA has come back down to its minimum.
-    let started = Instant::now();
-    let mut history: Vec<(Duration, i32)> = vec![(Duration::ZERO, kubelet.workers.len() as i32)];
-    let deadline = Duration::from_secs(360);
-    let mut sampled = Instant::now() - Duration::from_secs(60);
-    // Back at the minimum only counts once it holds for several syncs: the 1.20 controller's
-    // single stabilization window can turn a fresh scale-down straight back up (seen in CI:
-    // 3 -> 2 at 60 s, 2 -> 3 at 62 s with the lag at 0).
-    let settle = Duration::from_secs(12);
-    let mut at_minimum: Option<Instant> = None;
-    loop {
-        // What the HPA reads, through the aggregator, every 5 s (for the timeline).
-        if sampled.elapsed() >= Duration::from_secs(5) {
-            sampled = Instant::now();
-            let raw = cluster.kubectl(&["get", "--raw", METRIC_PATH]).unwrap_or_default();
-            let lag = serde_json::from_str::<serde_json::Value>(&raw)
-                .ok()
-                .and_then(|v| v["items"][0]["value"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "?".into());
-            eprintln!("{:>6.1?}  lag {lag:>8}  workers {}", started.elapsed(), kubelet.workers.len());
-        }
-        let want = replicas(&deployments).await;
-        if history.last().is_some_and(|(_, r)| *r != want) {
-            history.push((started.elapsed(), want));
-            eprintln!("{:>6.1?}  deployment replicas -> {want}", started.elapsed());
-        }
-        while (kubelet.workers.len() as i32) < want {
-            kubelet.start_one().await;
-        }
-        while (kubelet.workers.len() as i32) > want {
-            kubelet.stop_one().await;
-        }
-        let scaled_up = history.iter().any(|(_, r)| *r > 2);
-        if scaled_up && producing.is_finished() && want == 2 && kubelet.workers.len() == 2 {
-            if at_minimum.get_or_insert_with(Instant::now).elapsed() >= settle {
-                break;
-            }
-        } else {
-            at_minimum = None;
-        }
-        assert!(started.elapsed() < deadline, "the HPA scaled up and back down within {deadline:?}: {history:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+impl Loop {
+    /// Starts the event producer: `rate` events/s for `seconds`, ids written for the check.
+    fn produce(
+        &self,
+        rate: u32,
+        seconds: u32,
+    ) -> (std::path::PathBuf, tokio::task::JoinHandle<std::io::Result<std::process::Output>>) {
+        let ids = self.run.path().join(format!("ids-{}.tsv", self.kubelet.started));
+        let producer = tokio::process::Command::new(binary(&self.bin_dir, "event-producer").expect("producer"))
+            .args(["--bootstrap-servers", &self.pipeline.broker.bootstrap(), "--rate", &rate.to_string()])
+            .args(["--duration", &format!("{seconds}s"), "--json", "--ids-file"])
+            .arg(&ids)
+            .output();
+        (ids, tokio::spawn(producer))
     }
+
+    /// Keeps as many workers as the Deployment asks for, printing what the HPA reads, until
+    /// `done(history, want)` holds for `settle`; returns the replica history.
+    async fn follow(
+        &mut self,
+        deadline: Duration,
+        settle: Duration,
+        mut done: impl FnMut(&[(Duration, i32)], i32) -> bool,
+    ) -> Vec<(Duration, i32)> {
+        let started = Instant::now();
+        let mut history: Vec<(Duration, i32)> = vec![(Duration::ZERO, self.kubelet.workers.len() as i32)];
+        let mut sampled = Instant::now() - Duration::from_secs(60);
+        let mut holding: Option<Instant> = None;
+        loop {
+            // What the HPA reads, through the aggregator, every 5 s (for the timeline).
+            if sampled.elapsed() >= Duration::from_secs(5) {
+                sampled = Instant::now();
+                let raw = self.cluster.kubectl(&["get", "--raw", METRIC_PATH]).unwrap_or_default();
+                let lag = serde_json::from_str::<serde_json::Value>(&raw)
+                    .ok()
+                    .and_then(|v| v["items"][0]["value"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "?".into());
+                eprintln!("{:>6.1?}  lag {lag:>8}  workers {}", started.elapsed(), self.kubelet.workers.len());
+            }
+            let want = replicas(&self.deployments).await;
+            if history.last().is_some_and(|(_, r)| *r != want) {
+                history.push((started.elapsed(), want));
+                eprintln!("{:>6.1?}  deployment replicas -> {want}", started.elapsed());
+            }
+            while (self.kubelet.workers.len() as i32) < want {
+                self.kubelet.start_one().await;
+            }
+            while (self.kubelet.workers.len() as i32) > want {
+                self.kubelet.stop_one().await;
+            }
+            if done(&history, want) && self.kubelet.workers.len() as i32 == want {
+                if holding.get_or_insert_with(Instant::now).elapsed() >= settle {
+                    return history;
+                }
+            } else {
+                holding = None;
+            }
+            assert!(started.elapsed() < deadline, "the HPA did what was expected within {deadline:?}: {history:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Every worker that took part saw exactly one reconfiguration per membership change,
+    /// and none follows once the group settled.
+    async fn check_reconfigurations(&mut self) {
+        let remaining: Vec<Worker> = std::mem::take(&mut self.kubelet.workers);
+        for w in &remaining {
+            self.kubelet.check(w).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for w in &remaining {
+            let seen = metric(&scrape(w.metrics), "reconfiguration_total");
+            let recorded = self.kubelet.checked.iter().find(|(n, _, _)| *n == w.name).map(|c| c.1);
+            assert_eq!(Some(seen), recorded, "{}: no reconfiguration after the group settled", w.name);
+        }
+        eprintln!("membership changes: {:?}", self.kubelet.changes);
+        for (name, seen, expected) in &self.kubelet.checked {
+            assert_eq!(*seen, *expected as f64, "{name}: reconfigurations vs membership changes it saw");
+        }
+        self.kubelet.workers = remaining;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
+    let mut l = start_loop("closed-loop", "earliest").await;
+    // The conservative profile, then a stream the two workers cannot keep below 1000 lag per
+    // replica.
+    let hpa = to_yaml(&[test_hpa("hpa/hpa.yaml")]).expect("yaml");
+    l.cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&hpa)).expect("hpa");
+    let (ids, producing) = l.produce(3000, 45);
+
+    // Follow the Deployment until the HPA has come back down to its minimum, and stays there
+    // for several syncs.
+    let history = l
+        .follow(Duration::from_secs(360), Duration::from_secs(12), |history, want| {
+            history.iter().any(|(_, r)| *r > 2) && producing.is_finished() && want == 2
+        })
+        .await;
     let out = producing.await.expect("join").expect("producer ran");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Every event exactly once.
-    let db = pipeline.mongod.client().await.expect("client").database("pipeline");
+    let db = l.pipeline.mongod.client().await.expect("client").database("pipeline");
     let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
     assert!(expected.len() > 100_000, "{} events", expected.len());
     let stored = stored_ids(&db, expected.len() as u64).await;
     assert_eq!(stored, expected, "every event in MongoDB exactly once");
 
-    // Scaling: up and back down, never past the partitions. How often the direction turns is
-    // the controller's business: the 1.20 controller applies one stabilization window per
-    // sync, so a metric that saws with the commit interval can flap 2 <-> 3 early on (the
-    // simulator reproduces it: lag_adapter::hpa, Stabilization::OneWindow).
+    // Scaling: up and back down, never past the partitions.
     let peak = history.iter().map(|(_, r)| *r).max().expect("history");
     assert!(peak > 2 && peak <= PARTITIONS, "{history:?}");
     assert!(history.iter().all(|(_, r)| (2..=PARTITIONS).contains(r)), "within min and max: {history:?}");
     let ups = history.windows(2).filter(|w| w[1].1 > w[0].1).count();
     let downs = history.windows(2).filter(|w| w[1].1 < w[0].1).count();
     assert!(ups >= 1 && downs >= 1, "{history:?}");
+    l.check_reconfigurations().await;
 
-    // One reconfiguration per membership change, for every worker that took part.
-    let remaining: Vec<Worker> = std::mem::take(&mut kubelet.workers);
-    for w in &remaining {
-        kubelet.check(w).await;
-    }
-    // And nothing more follows: no rebalance without a membership change.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    for w in &remaining {
-        let seen = metric(&scrape(w.metrics), "reconfiguration_total");
-        let recorded = kubelet.checked.iter().find(|(n, _, _)| *n == w.name).map(|c| c.1);
-        assert_eq!(Some(seen), recorded, "{}: no reconfiguration after the group settled", w.name);
-    }
-    eprintln!("membership changes: {:?}", kubelet.changes);
-    for (name, seen, expected) in &kubelet.checked {
-        assert_eq!(*seen, *expected as f64, "{name}: reconfigurations vs membership changes it saw");
-    }
     // The adapter recorded what it served with the HPA's replicas beside it.
-    let record = lagscale_tests::net::http_get(pipeline.adapter_metrics, "/record/projection-worker-lag?format=csv")
-        .expect("record")
-        .1;
+    let record = http_get(l.pipeline.adapter_metrics, "/record/projection-worker-lag?format=csv").expect("record").1;
     let recorded: Vec<i32> = record
         .lines()
         .skip_while(|l| !l.starts_with("seconds,"))
@@ -350,15 +391,50 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
         .collect();
     assert!(recorded.iter().any(|r| *r > 2), "the scale-up is in the record: {recorded:?}");
     assert_eq!(recorded.last(), Some(&2), "{record}");
-    let status = cluster
-        .kubectl(&[
-            "get",
-            "--raw",
-            "/apis/autoscaling/v2/namespaces/pipeline/horizontalpodautoscalers/projection-worker",
-        ])
-        .expect("hpa status");
+    // Kept for `lag-tuner simulate --lag-file` (hpa/README.md replays one).
+    std::fs::write(l.run.path().join("closed-loop-record.csv"), &record).expect("save the record");
+    let status = l.cluster.kubectl(&["get", "--raw", HPA_PATH]).expect("hpa status");
     assert!(status.contains("\"currentMetrics\"") && status.contains("projection-worker-lag"), "{status}");
     eprintln!("timeline: {history:?}; {} events", expected.len());
+}
+
+/// hpa/profiles/scale-to-zero.yaml on the real 1.37 controller: with nothing waiting the
+/// workers go away; a batch brings one back and then more; drained, they go away again.
+/// Every event in MongoDB exactly once. The batch lands on partitions the group never
+/// committed, with the target's offset policy at `latest`: activation must count them anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_to_zero_and_back_with_every_event_once() {
+    let mut l = start_loop("closed-loop-zero", "latest").await;
+    let hpa = to_yaml(&[test_hpa("hpa/profiles/scale-to-zero.yaml")]).expect("yaml");
+    l.cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&hpa)).expect("hpa");
+
+    // Idle: down to zero after the (scaled) 60 s window, with the ScaledToZero condition.
+    let before = l.follow(Duration::from_secs(240), Duration::from_secs(6), |_, want| want == 0).await;
+    assert_eq!(before.last().map(|h| h.1), Some(0), "{before:?}");
+    let status = l.cluster.kubectl(&["get", "--raw", HPA_PATH]).expect("hpa status");
+    assert!(status.contains("\"type\":\"ScaledToZero\",\"status\":\"True\""), "{status}");
+
+    // A batch: 0 -> 1 -> more, drained, and back to 0.
+    let (ids, producing) = l.produce(3000, 30);
+    let history = l
+        .follow(Duration::from_secs(420), Duration::from_secs(6), |history, want| {
+            history.iter().any(|(_, r)| *r >= 2) && producing.is_finished() && want == 0
+        })
+        .await;
+    let out = producing.await.expect("join").expect("producer ran");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let replicas: Vec<i32> = history.iter().map(|h| h.1).collect();
+    assert_eq!(replicas.first(), Some(&0), "{history:?}");
+    assert!(replicas.iter().max() >= Some(&2) && replicas.iter().all(|r| *r <= PARTITIONS), "{history:?}");
+    assert_eq!(replicas.last(), Some(&0), "{history:?}");
+
+    let db = l.pipeline.mongod.client().await.expect("client").database("pipeline");
+    let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
+    assert!(expected.len() > 50_000, "{} events", expected.len());
+    let stored = stored_ids(&db, expected.len() as u64).await;
+    assert_eq!(stored, expected, "every event in MongoDB exactly once");
+    l.check_reconfigurations().await;
+    eprintln!("to zero: {before:?}; batch: {history:?}; {} events", expected.len());
 }
 
 async fn stored_ids(db: &mongodb::Database, n: u64) -> HashSet<String> {

@@ -33,7 +33,8 @@ pub enum Command {
     /// and what the HPA will compute.
     Explain(ExplainArgs),
     /// Export what a running adapter served for a target (kept in memory, one point per poll)
-    /// as CSV (`seconds,lag,replicas,...`, what `simulate --lag-file` reads) or JSON lines.
+    /// as CSV (`seconds,lag,replicas,...`, what `simulate --lag-file` reads) or JSON lines;
+    /// with --answers, every answer to the HPA's queries.
     Record(RecordArgs),
 }
 
@@ -55,6 +56,10 @@ pub struct RecordArgs {
     /// Write here instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Export instead every answer the adapter gave for this metric (JSON lines: time,
+    /// namespace, selector, value in milli-units): the exact samples the HPA read.
+    #[arg(long, conflicts_with = "format")]
+    pub answers: bool,
 }
 
 #[derive(Debug, Args)]
@@ -93,7 +98,7 @@ pub struct SimulateArgs {
     #[arg(long = "hpa", required = true)]
     pub hpas: Vec<PathBuf>,
     /// A built-in trace: step (one burst), sine (a daily cycle), spikes (a spike every 30
-    /// minutes) or day (four hours of a busy day).
+    /// minutes), day (four hours of a busy day) or batches (idle between batches).
     #[arg(long)]
     pub trace: Option<String>,
     /// Synthetic arrivals: SECONDS:EVENTS_PER_SECOND steps, e.g. "0:4000,600:25000,1500:4000".
@@ -243,7 +248,7 @@ fn clock(seconds: f64) -> String {
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<20} {:>8} {:>4} {:>5} {:>12} {:>6} {:>11} {:>9} {:>8} {:>11}\n",
+        "{:<24} {:>8} {:>4} {:>5} {:>12} {:>6} {:>11} {:>9} {:>8} {:>11}\n",
         "profile",
         "reconfig",
         "ups",
@@ -263,7 +268,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             Some(Some(d)) => clock(d),
         };
         out.push_str(&format!(
-            "{:<20} {:>8} {:>4} {:>5} {:>12.0} {:>6} {:>11} {:>9} {:>7.1}s {:>11.0}\n",
+            "{:<24} {:>8} {:>4} {:>5} {:>12.0} {:>6} {:>11} {:>9} {:>7.1}s {:>11.0}\n",
             r.profile,
             r.reconfigurations,
             r.scale_ups,
@@ -294,7 +299,12 @@ pub async fn record(args: &RecordArgs) -> Result<String, TunerError> {
         RecordFormat::Csv => "csv",
         RecordFormat::Jsonl => "jsonl",
     };
-    let url = format!("{}/record/{}?format={format}", args.from.trim_end_matches('/'), args.target);
+    let from = args.from.trim_end_matches('/');
+    let url = if args.answers {
+        format!("{from}/answers?metric={}", args.target)
+    } else {
+        format!("{from}/record/{}?format={format}", args.target)
+    };
     let fail = |e: String| TunerError::Invalid(format!("GET {url}: {e}"));
     lag_adapter::tls::install_crypto_provider();
     let client =
@@ -510,7 +520,7 @@ mod tests {
 
     #[test]
     fn built_in_traces_and_the_slo_flag() {
-        for trace in ["step", "sine", "spikes", "day"] {
+        for trace in ["step", "sine", "spikes", "day", "batches"] {
             let a = args(&["--hpa", FAST, "--trace", trace, "--json"]).expect("args");
             let json: serde_json::Value = serde_json::from_str(&simulate(&a).expect(trace)).expect("json");
             assert!(json[0]["reconfigurations"].as_u64() >= Some(1), "{trace}: {json}");

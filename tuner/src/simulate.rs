@@ -100,7 +100,9 @@ impl RateTrace {
     /// - `sine`: a daily cycle between 10k (midnight) and 110k (noon), 5-minute steps (25 h);
     /// - `spikes`: 20k with a 3-minute spike at 120k every 30 minutes (4 h);
     /// - `day`: four hours of a busy day: 20k, a 15-minute backfill at 150k from 0:30, a busy
-    ///   hour at 40-60k from 1:30 (4 h).
+    ///   hour at 40-60k from 1:30 (4 h);
+    /// - `batches`: idle, with a 10-minute batch at 100k every 2 hours from 0:30 (8 h): what
+    ///   scale to zero is for.
     pub fn preset(name: &str) -> Result<(Self, f64), String> {
         let (text, hours) = match name {
             "step" => ("0:20000,1800:150000,2700:20000".to_owned(), 3.0),
@@ -122,7 +124,12 @@ impl RateTrace {
                 (steps.join(","), 4.0)
             }
             "day" => ("0:20000,1800:150000,2700:20000,5400:40000,6000:60000,7800:40000,8400:20000".to_owned(), 4.0),
-            other => return Err(format!("trace {other:?}: expected step, sine, spikes or day")),
+            "batches" => {
+                let steps: Vec<String> = (0..4).map(|i| format!("{}:0,{}:100000", i * 7200, i * 7200 + 1800)).collect();
+                let ends: Vec<String> = (0..4).map(|i| format!("{}:0", i * 7200 + 2400)).collect();
+                (format!("{},{}", steps.join(","), ends.join(",")), 8.0)
+            }
+            other => return Err(format!("trace {other:?}: expected step, sine, spikes, day or batches")),
         };
         Ok((Self::parse(&text)?, hours * 3600.0))
     }
@@ -508,7 +515,7 @@ mod tests {
         let t = RateTrace::parse("0:100,60:200,120:220,180:100,240:110,300:1000").expect("trace");
         let starts: Vec<(f64, Option<f64>)> = t.bursts().iter().map(|b| (b.start, b.end)).collect();
         assert_eq!(starts, vec![(60.0, Some(180.0)), (300.0, None)], "+10 % is no burst");
-        for name in ["step", "spikes", "day"] {
+        for name in ["step", "spikes", "day", "batches"] {
             assert!(!RateTrace::preset(name).expect(name).0.bursts().is_empty(), "{name}");
         }
         assert_eq!(RateTrace::preset("spikes").expect("spikes").0.bursts().len(), 8);

@@ -169,6 +169,23 @@ async fn records_what_was_served_and_exports_it_for_simulate() {
         .expect("simulate");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("conservative"));
+    // Every answer to a query is kept: the exact samples an HPA read.
+    let (status, _) = adapter.get("/apis/external.metrics.k8s.io/v1beta1/namespaces/default/orders-lag").await;
+    assert_eq!(status, 200);
+    let out = tokio::process::Command::new(tuner)
+        .args(["record", "orders-lag", "--answers", "--from", &from])
+        .output()
+        .await
+        .expect("record --answers");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last: serde_json::Value = serde_json::from_str(answers.lines().last().expect("an answer")).expect("json");
+    assert_eq!(
+        (last["metric"].as_str(), last["namespace"].as_str()),
+        (Some("orders-lag"), Some("default")),
+        "{answers}"
+    );
+    assert_eq!((last["value_milli"].as_i64(), last["items"].as_u64()), (Some(70_000), Some(1)), "{answers}");
     let out =
         tokio::process::Command::new(tuner).args(["record", "nope", "--from", &from]).output().await.expect("record");
     assert_eq!(out.status.code(), Some(2));
