@@ -18,3 +18,26 @@ for trace in step sine spikes day batches; do
   "$tuner" simulate "${profiles[@]}" --activation-lag 0 --trace "$trace" --svg "hpa/charts/$trace.svg" "$@" \
     | sed -n '1,/^$/p'
 done
+
+# The record of a closed-loop run on the real 1.37 controller (tests/tests/closed_loop.rs,
+# LAGSCALE_KEEP_RUN_DIR=1 keeps it): 3,000 events/s for 45 s into 4 partitions. Replayed at
+# the test's scale: the profiles' windows and periods divided by 10, a lag target of 1,000,
+# maxReplicas 4, the controller syncing every 2 s, the adapter polling every 2 s.
+scaled=$(mktemp -d)
+trap 'rm -rf "$scaled"' EXIT
+for f in hpa/hpa.yaml hpa/profiles/fast.yaml hpa/profiles/steady.yaml hpa/profiles/scale-to-zero.yaml; do
+  python3 - "$f" "$scaled/$(basename "$f")" <<'PY'
+import re, sys
+src, dst = sys.argv[1:]
+text = open(src).read()
+text = re.sub(r'(stabilizationWindowSeconds|periodSeconds): (\d+)', lambda m: f"{m.group(1)}: {max(int(m.group(2)) // 10, 1 if m.group(1) == 'periodSeconds' else 0)}", text)
+text = re.sub(r'averageValue: "\d+"', 'averageValue: "1000"', text)
+text = re.sub(r'maxReplicas: \d+', 'maxReplicas: 4', text)
+open(dst, "w").write(text)
+PY
+done
+echo "== closed-loop (hpa/traces/closed-loop.csv, test scale)"
+"$tuner" simulate --hpa "$scaled/hpa.yaml" --hpa "$scaled/fast.yaml" --hpa "$scaled/steady.yaml" \
+  --hpa "$scaled/scale-to-zero.yaml" --activation-lag 0 --lag-file hpa/traces/closed-loop.csv \
+  --events-per-replica 1500 --partitions 4 --sync-period 2s --poll-interval 2s --start-delay 2s \
+  --pause 1s --lag-slo 5000 --initial-replicas 2 --duration 3m --svg hpa/charts/closed-loop.svg "$@" | sed -n '1,/^$/p'
