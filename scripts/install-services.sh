@@ -131,6 +131,10 @@ install_mongod() {
 # tools directory so a rebuild after a version bump reuses what it can.
 install_kube() {
   command -v go >/dev/null || die "Go is needed to build Kubernetes $KUBE_VERSION (preinstalled on these machines)"
+  # One build at a time: scripts/test.sh and .ci/run start it in the background while Rust
+  # compiles; a second caller waits for the first and then finds it cached.
+  exec 9>"$TOOLS/.kube-build.lock"
+  flock 9
   local dir=$TOOLS/kube-$KUBE_VERSION edir=$TOOLS/etcd-$ETCD_VERSION
   KUBE_APISERVER=$dir/kube-apiserver KUBE_CONTROLLER_MANAGER=$dir/kube-controller-manager
   KUBECTL=$dir/kubectl ETCD=$edir/etcd
@@ -216,9 +220,14 @@ done
   [ -n "${KUBE_CONTROLLER_MANAGER:-}" ] && echo "export LAGSCALE_KUBE_CONTROLLER_MANAGER=$KUBE_CONTROLLER_MANAGER"
   [ -n "${KUBERNETES_VALIDATE:-}" ] && echo "export LAGSCALE_KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE"
   true
-} > "$TOOLS/env.part"
-# Merge with what an earlier partial install recorded.
-touch "$TOOLS/env"
-sort -u -t= -k1,1 "$TOOLS/env.part" "$TOOLS/env" > "$TOOLS/env.new"
-mv "$TOOLS/env.new" "$TOOLS/env"; rm -f "$TOOLS/env.part"
+} > "$TOOLS/env.part.$$"
+# Merge with what an earlier partial install recorded (one writer at a time: a Kubernetes build
+# may finish in the background while another part is installed).
+(
+  flock 8
+  touch "$TOOLS/env"
+  sort -u -t= -k1,1 "$TOOLS/env.part.$$" "$TOOLS/env" > "$TOOLS/env.new.$$"
+  mv "$TOOLS/env.new.$$" "$TOOLS/env"
+) 8>"$TOOLS/.env.lock"
+rm -f "$TOOLS/env.part.$$"
 log "services ready; environment in $TOOLS/env"

@@ -58,8 +58,12 @@ pub struct PartitionView {
 pub struct HpaView {
     /// Replicas the HPA sees now (the group's members unless given).
     pub current_replicas: u32,
+    /// Infinite at 0 replicas: the HPA then asks for ceil(value / target).
     pub usage_ratio: f64,
     pub within_tolerance: bool,
+    /// The band the HPA holds in: [1 - down, 1 + up] (its own `behavior` tolerances, else 0.1).
+    pub tolerance_down: f64,
+    pub tolerance_up: f64,
     /// What the metric alone asks for (before windows and policies).
     pub desired_replicas: i32,
     /// Within the HPA's min and max, when its manifest was given.
@@ -188,7 +192,9 @@ pub fn explain(
             by_partition.push(PartitionView { topic: topic.clone(), offsets: p.clone(), counted_as, status, reason });
         }
     }
-    let current = replicas.or(last.members).unwrap_or(1).max(1);
+    // A group with no member is an HPA at 0 replicas (scaled to zero) only if it may be.
+    let current = replicas.or(last.members).unwrap_or(1);
+    let current = if current == 0 && hpa.is_none_or(|h| h.min > 0) { 1 } else { current };
     let spec = hpa.cloned().unwrap_or_else(|| Spec {
         name: target.name.clone(),
         min: 1,
@@ -221,6 +227,8 @@ pub fn explain(
             current_replicas: current,
             usage_ratio,
             within_tolerance,
+            tolerance_down: controller.tolerances().down,
+            tolerance_up: controller.tolerances().up,
             desired_replicas: desired,
             clamped_to: hpa.map(|h| desired.clamp(h.min, h.max)),
         },
@@ -282,19 +290,24 @@ pub fn render(e: &Explanation) -> String {
     ));
     out.push_str(&format!("served {} ({cap})\n", e.served));
     let hpa = &e.hpa;
+    let band = format!("[{:.3}, {:.3}]", 1.0 - hpa.tolerance_down, 1.0 + hpa.tolerance_up);
     let verdict = if hpa.within_tolerance {
-        format!("within the 10 % tolerance: the HPA keeps {} replicas", hpa.current_replicas)
+        format!("within the tolerance band {band}: the HPA keeps {} replicas", hpa.current_replicas)
     } else {
-        format!("the HPA asks for {} replicas before its windows and policies", hpa.desired_replicas)
+        format!("outside {band}: the HPA asks for {} replicas before its windows and policies", hpa.desired_replicas)
     };
-    out.push_str(&format!(
-        "HPA: {} / ({} x {}) = ratio {:.3}: {verdict}{}\n",
-        e.served,
-        hpa.current_replicas,
-        e.lag_per_replica,
-        hpa.usage_ratio,
-        hpa.clamped_to.map_or_else(String::new, |c| format!(", {c} within its min/max"))
-    ));
+    let clamped = hpa.clamped_to.map_or_else(String::new, |c| format!(", {c} within its min/max"));
+    if hpa.current_replicas == 0 {
+        out.push_str(&format!(
+            "HPA at 0 replicas (scaled to zero): ceil({} / {}) = {} replicas{clamped}\n",
+            e.served, e.lag_per_replica, hpa.desired_replicas
+        ));
+    } else {
+        out.push_str(&format!(
+            "HPA: {} / ({} x {}) = ratio {:.3}: {verdict}{clamped}\n",
+            e.served, hpa.current_replicas, e.lag_per_replica, hpa.usage_ratio
+        ));
+    }
     out
 }
 

@@ -75,9 +75,32 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     assert_eq!((e.hpa.current_replicas, e.hpa.desired_replicas, e.hpa.within_tolerance), (2, 4, false));
     let text = render(&e);
     eprintln!("{text}");
-    for needle in ["STOP", "WARN", "earliest", "capped at partitions", "asks for 4 replicas"] {
+    for needle in ["STOP", "WARN", "earliest", "capped at partitions", "outside [0.900, 1.100]", "asks for 4 replicas"]
+    {
         assert!(text.contains(needle), "{needle} in:\n{text}");
     }
+
+    // With the scale-to-zero HPA and no member, the HPA is at 0: from there ceil(value / target),
+    // and its band is its own (here the manifest's tolerances).
+    let zero = hpa_model::Spec::from_yaml(
+        "zero.yaml",
+        r#"kind: HorizontalPodAutoscaler
+spec:
+  minReplicas: 0
+  maxReplicas: 3
+  metrics:
+  - {type: External, external: {metric: {name: orders-lag}, target: {type: AverageValue, averageValue: "100"}}}
+  behavior:
+    scaleUp: {tolerance: "0.05"}
+    scaleDown: {tolerance: "0.2"}
+"#,
+    )
+    .expect("spec");
+    let z = explain(&target, &samples, Some(0), Some(&zero)).expect("explain");
+    assert_eq!((z.hpa.current_replicas, z.hpa.desired_replicas, z.hpa.clamped_to), (0, 4, Some(3)));
+    assert_eq!((z.hpa.tolerance_down, z.hpa.tolerance_up), (0.2, 0.05));
+    let text = render(&z);
+    assert!(text.contains("HPA at 0 replicas (scaled to zero): ceil(400 / 100) = 4 replicas, 3 within"), "{text}");
 
     // The rewinder's committed offset went backwards between samples.
     let r = explain(&rewound, &rewound_samples, None, None).expect("explain");
