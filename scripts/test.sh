@@ -6,11 +6,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The whole workspace, unless packages are named (`scripts/test.sh -p lag-adapter --test api`).
+scope=(--workspace)
+for arg in "$@"; do
+  case $arg in -p | --package | -p?* | --package=*) scope=() ;; esac
+done
+
 scripts/install-services.sh build kafka mongo validate
 mkdir -p target
 scripts/install-services.sh kube >target/install-kube.log 2>&1 &
 kube=$!
-if ! cargo test --workspace --locked --no-run "$@"; then
+if ! cargo test "${scope[@]}" --locked --no-run "$@"; then
   wait "$kube" || true
   exit 1
 fi
@@ -20,4 +26,4 @@ wait "$kube" || { tail -n 40 target/install-kube.log >&2; echo "installing Kuber
 export LAGSCALE_RUN_DIR=${LAGSCALE_RUN_DIR:-$PWD/target/lagscale-run}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
-cargo test --workspace --locked "$@"
+cargo test "${scope[@]}" --locked "$@"
