@@ -59,6 +59,10 @@ pub struct Collector {
     brokers: BTreeMap<i32, String>,
     conns: HashMap<i32, Connection>,
     coordinators: HashMap<String, i32>,
+    /// The groups of the last good cycle: one no broker lists any more is asked for once
+    /// before it is dropped, so a coordinator that stopped owning it (a broker shutting down,
+    /// a partition moving) fails the cycle instead of making the group vanish.
+    known_groups: BTreeSet<String>,
     requests: BTreeMap<&'static str, u64>,
 }
 
@@ -75,6 +79,7 @@ impl Collector {
             brokers: BTreeMap::new(),
             conns: HashMap::new(),
             coordinators: HashMap::new(),
+            known_groups: BTreeSet::new(),
             requests: BTreeMap::new(),
         }
     }
@@ -214,6 +219,10 @@ impl Collector {
         for g in target_groups {
             groups.entry(g.clone()).or_default();
         }
+        let unlisted: Vec<String> = self.known_groups.iter().filter(|g| !groups.contains_key(*g)).cloned().collect();
+        for g in &unlisted {
+            groups.entry(g.clone()).or_default();
+        }
 
         // 3. Coordinators, then committed offsets per coordinator.
         let names: Vec<String> = groups.keys().cloned().collect();
@@ -239,6 +248,15 @@ impl Collector {
                 }
             }
         }
+
+        // A group no broker lists and its coordinator knows no offsets of is gone (deleted, or
+        // expired); one whose coordinator failed to answer failed the cycle above.
+        for g in unlisted {
+            if !target_groups.contains(&g) && groups.get(&g).is_some_and(|s| s.commits.is_empty()) {
+                groups.remove(&g);
+            }
+        }
+        self.known_groups = groups.keys().cloned().collect();
 
         // 4. Watermarks of every watched partition, one request per leader and kind.
         let mut watched: BTreeSet<String> = groups.values().flat_map(|g| g.commits.keys().cloned()).collect();
