@@ -155,14 +155,15 @@ fn rfc3339(t: SystemTime) -> String {
     t.format(&format).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-fn selector_from_query(query: Option<&str>) -> Result<Selector, Status> {
-    let Some(query) = query else { return Ok(Selector::default()) };
+/// The query's label selector, parsed, and its text as asked (empty: none).
+fn selector_from_query(query: Option<&str>) -> Result<(Selector, String), Status> {
+    let Some(query) = query else { return Ok((Selector::default(), String::new())) };
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query).map_err(|e| Status::bad_request(format!("malformed query string: {e}")))?;
     // Like Go's url.Values.Get: the first labelSelector counts.
     match pairs.into_iter().find(|(k, _)| k == "labelSelector") {
-        Some((_, text)) => Selector::parse(&text).map_err(|e| Status::bad_request(e.to_string())),
-        None => Ok(Selector::default()),
+        Some((_, text)) => Ok((Selector::parse(&text).map_err(|e| Status::bad_request(e.to_string()))?, text)),
+        None => Ok((Selector::default(), String::new())),
     }
 }
 
@@ -193,32 +194,30 @@ async fn external_metric(
     user: Option<axum::Extension<crate::authn::User>>,
 ) -> Response {
     match answer(&state, &namespace, &metric, query.as_deref()) {
-        Ok((body, value_milli, items)) => {
+        Ok(answered) => {
             state.shared.recorder.answered(crate::record::Answer {
                 at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
                 user: user.map(|u| u.0.name).unwrap_or_default(),
                 namespace,
                 metric,
-                selector: selector_text(query.as_deref()),
-                value_milli,
-                items,
+                selector: answered.selector,
+                value_milli: answered.value_milli,
+                items: answered.items,
             });
-            json_response(StatusCode::OK, body)
+            json_response(StatusCode::OK, answered.body)
         }
         Err(status) => status.into_response(),
     }
 }
 
-/// The label selector of a query string, decoded, as the answers log keeps it.
-fn selector_text(query: Option<&str>) -> String {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
-        .ok()
-        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "labelSelector").map(|(_, v)| v))
-        .unwrap_or_default()
+/// One answer: the body, the selector as asked, and what the HPA will sum from the body.
+#[derive(Debug)]
+struct Answered {
+    body: Vec<u8>,
+    selector: String,
+    value_milli: i128,
+    items: usize,
 }
-
-/// The body, and what the HPA will sum from it: (milli-units, items).
-type Answered = (Vec<u8>, i128, usize);
 
 fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) -> Result<Answered, Status> {
     if !is_valid_namespace(namespace) {
@@ -229,7 +228,7 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
     if !is_valid_metric_name(metric) {
         return Err(Status::bad_request(format!("invalid metric name {metric:?}: 1-253 characters of [A-Za-z0-9_.-]")));
     }
-    let selector = selector_from_query(query)?;
+    let (selector, selector_text) = selector_from_query(query)?;
     let targets = state.shared.targets();
     let target = targets.iter().find(|t| t.name == metric).cloned();
     if metric != LAG_METRIC && metric != LAG_SECONDS_METRIC && target.is_none() {
@@ -248,7 +247,7 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
         let lag = snapshot.targets.get(&t.name).ok_or_else(|| {
             Status::unavailable(format!("target {metric:?} was added after the last collection; retry shortly"))
         })?;
-        return target_answer(metric, lag, &selector, &timestamp);
+        return target_answer(metric, lag, &selector, selector_text, &timestamp);
     }
 
     // Every (group, topic) the selector matches. When it pins the group (the HPA's case), only
@@ -322,7 +321,7 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
             value: Quantity::from_f64((worst * 1000.0).round() / 1000.0),
         }]
     };
-    let sum = items.iter().map(|i| i.value.milli_value()).sum();
+    let value_milli = items.iter().map(|i| i.value.milli_value()).sum();
     let count = items.len();
     let body = go_json(&ValueList {
         kind: "ExternalMetricValueList",
@@ -330,10 +329,16 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
         metadata: Empty {},
         items,
     });
-    Ok((body, sum, count))
+    Ok(Answered { body, selector: selector_text, value_milli, items: count })
 }
 
-fn target_answer(metric: &str, lag: &TargetLag, selector: &Selector, timestamp: &str) -> Result<Answered, Status> {
+fn target_answer(
+    metric: &str,
+    lag: &TargetLag,
+    selector: &Selector,
+    selector_text: String,
+    timestamp: &str,
+) -> Result<Answered, Status> {
     if lag.topics.is_empty() {
         return Err(Status::not_found(
             metric,
@@ -358,7 +363,7 @@ fn target_answer(metric: &str, lag: &TargetLag, selector: &Selector, timestamp: 
         metadata: Empty {},
         items: vec![item],
     });
-    Ok((body, lag.value.value.milli_value(), 1))
+    Ok(Answered { body, selector: selector_text, value_milli: lag.value.value.milli_value(), items: 1 })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,7 +512,7 @@ mod tests {
             snapshot(&[("processor", "gpu_metrics", 1_500_000), ("processor", "token_usage", 1500)], at),
             vec![],
         );
-        let (body, sum, items) =
+        let Answered { body, value_milli: sum, items, .. } =
             answer(&state, "default", LAG_METRIC, Some("labelSelector=consumergroup%3Dprocessor")).expect("answer");
         assert_eq!((sum, items), (1_501_500_000, 2), "what the HPA sums, in milli-units");
         let ts = rfc3339(at);
@@ -548,7 +553,8 @@ mod tests {
             SystemTime::now(),
         );
         let state = state_with(snap, vec![target]);
-        let (body, sum, _) = answer(&state, "default", "long-group-lag", None).expect("answer");
+        let Answered { body, value_milli: sum, .. } =
+            answer(&state, "default", "long-group-lag", None).expect("answer");
         assert_eq!(sum, 10_000);
         let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
         // 40 > 1 partition x 10: capped at 10.

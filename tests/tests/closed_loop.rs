@@ -359,6 +359,8 @@ impl Loop {
         for w in &remaining {
             self.kubelet.check(w).await;
         }
+        // The window is the check: a spurious rebalance would show within one heartbeat
+        // interval (3 s), and there is no event to wait for when nothing happens.
         tokio::time::sleep(Duration::from_secs(5)).await;
         for w in &remaining {
             let seen = metric(&scrape(w.metrics), "reconfiguration_total");
