@@ -19,7 +19,7 @@ use crate::poller::Shared;
 use crate::selector::{Selector, is_valid_label_value};
 use crate::snapshot::{Snapshot, TargetLag};
 use crate::status::{Empty, Status, go_json, json_response};
-use crate::targets::{LAG_METRIC, LAG_SECONDS_METRIC, is_valid_metric_name};
+use crate::targets::{LAG_METRIC, LAG_SECONDS_METRIC, MissingGroup, SHARE_LAG_METRIC, is_valid_metric_name};
 use hpa_model::quantity::Quantity;
 
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ impl ApiState {
 
     /// Served metric names: the two built-ins, then every target.
     fn metric_names(&self) -> Vec<String> {
-        let mut names = vec![LAG_METRIC.to_owned(), LAG_SECONDS_METRIC.to_owned()];
+        let mut names = vec![LAG_METRIC.to_owned(), LAG_SECONDS_METRIC.to_owned(), SHARE_LAG_METRIC.to_owned()];
         names.extend(self.shared.targets().iter().map(|t| t.name.clone()));
         names
     }
@@ -135,7 +135,7 @@ struct Value<'a> {
     metric_name: &'a str,
     #[serde(rename = "metricLabels")]
     metric_labels: Option<BTreeMap<&'static str, &'a str>>,
-    timestamp: &'a str,
+    timestamp: std::borrow::Cow<'a, str>,
     value: Quantity,
 }
 
@@ -231,7 +231,8 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
     let (selector, selector_text) = selector_from_query(query)?;
     let targets = state.shared.targets();
     let target = targets.iter().find(|t| t.name == metric).cloned();
-    if metric != LAG_METRIC && metric != LAG_SECONDS_METRIC && target.is_none() {
+    let built_in = [LAG_METRIC, LAG_SECONDS_METRIC, SHARE_LAG_METRIC].contains(&metric);
+    if !built_in && target.is_none() {
         return Err(Status::not_found(metric, format!("metric {metric:?} is not served by this adapter")));
     }
     if let Some(t) = &target
@@ -241,85 +242,121 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
         return Err(Status::not_found(metric, format!("metric {metric:?} is not served in namespace {namespace:?}")));
     }
     let snapshot = fresh_snapshot(state)?;
+    let now = SystemTime::now();
     let timestamp = rfc3339(snapshot.collected_at);
 
     if let Some(t) = target {
         let lag = snapshot.targets.get(&t.name).ok_or_else(|| {
             Status::unavailable(format!("target {metric:?} was added after the last collection; retry shortly"))
         })?;
+        if let Some(problem) = lag.freshness.problem(now, state.config.max_snapshot_age) {
+            return Err(Status::unavailable(format!("lag data of target {metric:?} cannot be served: {problem}")));
+        }
+        if !lag.group_exists && t.missing_group == MissingGroup::Reject {
+            state.metrics.unknown_group_queries.with_label_values(&[metric]).inc();
+            return Err(Status::not_found(
+                &lag.consumer_group,
+                format!(
+                    "consumer group {:?} of target {metric:?} does not exist in Kafka (no broker lists it and it \
+                     has no committed offsets); check the name, or set `missingGroup: empty` on the target to \
+                     serve a group that does not exist yet as empty",
+                    lag.consumer_group
+                ),
+            ));
+        }
+        let timestamp = if lag.freshness.as_of == snapshot.collected_at {
+            timestamp
+        } else {
+            rfc3339(lag.freshness.as_of)
+        };
         return target_answer(metric, lag, &selector, selector_text, &timestamp);
     }
 
     // Every (group, topic) the selector matches. When it pins the group (the HPA's case), only
     // those groups are looked at: the cost does not grow with the number of groups.
-    let pinned = selector.pinned_values("consumergroup");
+    let (groups, group_label, kind) = if metric == SHARE_LAG_METRIC {
+        (&snapshot.share_groups, "sharegroup", "share group")
+    } else {
+        (&snapshot.groups, "consumergroup", "consumer group")
+    };
+    let pinned = selector.pinned_values(group_label);
     let candidates: Vec<(&String, &crate::snapshot::GroupLag)> = match &pinned {
-        Some(names) => names.iter().filter_map(|n| snapshot.groups.get_key_value(*n)).collect(),
-        None => snapshot.groups.iter().collect(),
+        Some(names) => names.iter().filter_map(|n| groups.get_key_value(*n)).collect(),
+        None => groups.iter().collect(),
     };
     let mut matched = Vec::new();
     for (group, g) in candidates {
         for (topic, t) in &g.topics {
             let label = |key: &str| match key {
-                "consumergroup" => Some(group.as_str()),
+                k if k == group_label => Some(group.as_str()),
                 "topic" => Some(topic.as_str()),
                 _ => None,
             };
             if selector.matches_with(label) {
-                matched.push((BTreeMap::from([("consumergroup", group.as_str()), ("topic", topic.as_str())]), t));
+                matched.push((BTreeMap::from([(group_label, group.as_str()), ("topic", topic.as_str())]), t));
             }
         }
     }
     if matched.is_empty() {
         if let Some(pinned) = pinned {
             let quote = |names: &[&str]| names.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ");
-            let absent: Vec<&str> = pinned.iter().copied().filter(|g| !snapshot.groups.contains_key(*g)).collect();
+            let absent: Vec<&str> = pinned.iter().copied().filter(|g| !groups.contains_key(*g)).collect();
             if !absent.is_empty() {
-                return Err(Status::not_found(
-                    absent[0],
-                    format!("consumer group {} not found in Kafka", quote(&absent)),
-                ));
+                return Err(Status::not_found(absent[0], format!("{kind} {} not found in Kafka", quote(&absent))));
             }
-            let idle: Vec<&str> = pinned
-                .iter()
-                .copied()
-                .filter(|g| snapshot.groups.get(*g).is_some_and(|x| x.topics.is_empty()))
-                .collect();
+            let idle: Vec<&str> =
+                pinned.iter().copied().filter(|g| groups.get(*g).is_some_and(|x| x.topics.is_empty())).collect();
             if !idle.is_empty() {
                 return Err(Status::not_found(
                     idle[0],
-                    format!("consumer group {} has no committed offsets on existing topics", quote(&idle)),
+                    format!("{kind} {} has no committed offsets on existing topics", quote(&idle)),
                 ));
             }
         }
         return Err(Status::not_found(
             metric,
-            format!("no consumer group with committed offsets matches selector {:?}", selector.to_string()),
+            format!("no {kind} with committed offsets matches selector {:?}", selector.to_string()),
         ));
     }
-    let items: Vec<Value<'_>> = if metric == LAG_METRIC {
+    // An item resting on a read that failed too long ago (or never succeeded) is not served:
+    // the HPA must not scale on it. The others carry their own time.
+    for (labels, t) in &matched {
+        if let Some(problem) = t.freshness.problem(now, state.config.max_snapshot_age) {
+            let group = labels.get(group_label).copied().unwrap_or_default();
+            let topic = labels.get("topic").copied().unwrap_or_default();
+            return Err(Status::unavailable(format!("lag of {kind} {group:?} on {topic:?} cannot be served: {problem}")));
+        }
+    }
+    let stamp = |t: &crate::snapshot::TopicLag| {
+        if t.freshness.as_of == snapshot.collected_at {
+            std::borrow::Cow::Borrowed(timestamp.as_str())
+        } else {
+            std::borrow::Cow::Owned(rfc3339(t.freshness.as_of))
+        }
+    };
+    let items: Vec<Value<'_>> = if metric == LAG_SECONDS_METRIC {
+        // One item: the oldest unconsumed message over the selection, labelled with where it is.
+        let (labels, worst, at) = matched
+            .iter()
+            .max_by(|a, b| a.1.lag_seconds.total_cmp(&b.1.lag_seconds))
+            .map(|(l, t)| (l.clone(), t.lag_seconds, stamp(t)))
+            .unwrap_or_default();
+        vec![Value {
+            metric_name: metric,
+            metric_labels: Some(labels),
+            timestamp: at,
+            value: Quantity::from_f64((worst * 1000.0).round() / 1000.0),
+        }]
+    } else {
         matched
             .iter()
             .map(|(labels, t)| Value {
                 metric_name: metric,
                 metric_labels: Some(labels.clone()),
-                timestamp: &timestamp,
+                timestamp: stamp(t),
                 value: Quantity::from_count(t.lag),
             })
             .collect()
-    } else {
-        // One item: the oldest unconsumed message over the selection, labelled with where it is.
-        let (labels, worst) = matched
-            .iter()
-            .max_by(|a, b| a.1.lag_seconds.total_cmp(&b.1.lag_seconds))
-            .map(|(l, t)| (l.clone(), t.lag_seconds))
-            .unwrap_or_default();
-        vec![Value {
-            metric_name: metric,
-            metric_labels: Some(labels),
-            timestamp: &timestamp,
-            value: Quantity::from_f64((worst * 1000.0).round() / 1000.0),
-        }]
     };
     let value_milli = items.iter().map(|i| i.value.milli_value()).sum();
     let count = items.len();
@@ -356,7 +393,12 @@ fn target_answer(
             format!("target {metric:?} does not match selector {:?}", selector.to_string()),
         ));
     }
-    let item = Value { metric_name: metric, metric_labels: Some(labels), timestamp, value: lag.value.value };
+    let item = Value {
+        metric_name: metric,
+        metric_labels: Some(labels),
+        timestamp: std::borrow::Cow::Borrowed(timestamp),
+        value: lag.value.value,
+    };
     let body = go_json(&ValueList {
         kind: "ExternalMetricValueList",
         api_version: discovery::GROUP_VERSION,
@@ -494,13 +536,30 @@ mod tests {
     }
 
     fn snapshot(groups: &[(&str, &str, u64)], at: SystemTime) -> Snapshot {
-        let mut s = Snapshot { collected_at: at, groups: BTreeMap::new(), targets: BTreeMap::new() };
+        let mut s =
+            Snapshot { collected_at: at, groups: BTreeMap::new(), share_groups: BTreeMap::new(), targets: BTreeMap::new() };
+        let fresh = crate::snapshot::Freshness::fresh(at);
         for (group, topic, lag) in groups {
             s.groups
                 .entry((*group).to_owned())
-                .or_insert_with(|| crate::snapshot::GroupLag { state: None, members: None, topics: BTreeMap::new() })
+                .or_insert_with(|| crate::snapshot::GroupLag {
+                    protocol: crate::collector::GroupProtocol::Classic,
+                    state: None,
+                    members: None,
+                    assignment: None,
+                    topics: BTreeMap::new(),
+                    freshness: fresh.clone(),
+                })
                 .topics
-                .insert((*topic).to_owned(), crate::snapshot::TopicLag { lag: *lag, ..Default::default() });
+                .insert(
+                    (*topic).to_owned(),
+                    crate::snapshot::TopicLag {
+                        lag: *lag,
+                        lag_seconds: 0.0,
+                        partitions: Vec::new(),
+                        freshness: fresh.clone(),
+                    },
+                );
         }
         s
     }
@@ -536,6 +595,7 @@ mod tests {
             cap_at_partitions: true,
             scale_up_tolerance: 0.1,
             activation_lag: None,
+            missing_group: crate::targets::MissingGroup::Reject,
             namespaces: vec![],
         };
         let mut collected = crate::collector::Collected::default();

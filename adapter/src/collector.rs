@@ -1,22 +1,35 @@
 //! One collection cycle against the cluster, through one set of broker connections shared by
-//! every group and topic: Metadata, ListGroups per broker, FindCoordinator (batched where the
-//! broker supports it), OffsetFetch per coordinator for all its groups (KIP-709 where
-//! supported), DescribeGroups for target groups, and ListOffsets per leader broker for all
-//! watched partitions (one request for log-ends, one for log-starts). Never a request per
-//! group-partition: the cost of a cycle grows with brokers, not with partitions.
+//! every group and topic: Metadata, ListGroups per broker (with group types), FindCoordinator
+//! (batched where the broker supports it), OffsetFetch per coordinator for all its groups
+//! (KIP-709), the description of target groups in their own protocol (ConsumerGroupDescribe for
+//! KIP-848 groups, DescribeGroups for classic ones), DescribeShareGroupOffsets per coordinator
+//! for share groups (KIP-932), and ListOffsets per leader broker for all watched partitions
+//! (one request for log-ends, one for log-starts). Never a request per group-partition: the
+//! cost of a cycle grows with brokers, not with partitions.
+//!
+//! A failure is confined to what it touches. Only an unreachable cluster (no Metadata from any
+//! broker) fails the cycle; a broker, coordinator, group or partition that fails leaves the
+//! value of its last good cycle in place, marked [`Stale`] with the reason, and everything else
+//! is fresh.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::Buf;
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest,
-    MetadataRequest, OffsetFetchRequest, TopicName,
+    BrokerId, ConsumerGroupDescribeRequest, DescribeGroupsRequest, DescribeShareGroupOffsetsRequest,
+    FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetFetchRequest,
+    ShareGroupDescribeRequest, TopicName,
+    consumer_protocol_assignment::ConsumerProtocolAssignment,
+    describe_share_group_offsets_request::DescribeShareGroupOffsetsRequestGroup,
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
     offset_fetch_request::OffsetFetchRequestGroup,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, Message, StrBytes};
+use serde::Serialize;
 
 use crate::error::KafkaError;
+use crate::filters::Filters;
 use crate::kafka_security::KafkaSecurity;
 use crate::lag::Watermarks;
 use crate::wire::Connection;
@@ -28,27 +41,147 @@ const EARLIEST: i64 = -2;
 /// marker does not show as a permanent lag of 1.
 const READ_COMMITTED: i8 = 1;
 
-/// What one cycle learned.
-#[derive(Debug, Clone, Default)]
+const GROUP_ID_NOT_FOUND: i16 = 69;
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// What one cycle learned, with the last good values of what it could not read.
+#[derive(Debug, Clone)]
 pub struct Collected {
+    /// When the cycle started: the time of every value not marked stale.
+    pub at: SystemTime,
     /// Watched topics (consumed by some group, or named by a target): watermarks per partition,
     /// indexed by partition id.
     pub topics: BTreeMap<String, Vec<Watermarks>>,
+    /// Partitions whose watermarks this cycle could not read: their entry in `topics` is the
+    /// last read (0/0 when there was none).
+    pub stale_partitions: BTreeMap<(String, i32), Stale>,
     /// Partition counts of every non-internal topic in the cluster.
     pub partition_counts: BTreeMap<String, u32>,
     pub groups: BTreeMap<String, GroupState>,
+    pub share_groups: BTreeMap<String, ShareGroupState>,
+    /// What failed this cycle (each also marks what it touched stale).
+    pub errors: Vec<CycleError>,
     /// Requests sent this cycle, by API name.
     pub requests: BTreeMap<&'static str, u64>,
 }
 
+impl Default for Collected {
+    fn default() -> Self {
+        Self {
+            at: SystemTime::UNIX_EPOCH,
+            topics: BTreeMap::new(),
+            stale_partitions: BTreeMap::new(),
+            partition_counts: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            share_groups: BTreeMap::new(),
+            errors: Vec::new(),
+            requests: BTreeMap::new(),
+        }
+    }
+}
+
+/// A failure confined to part of the cluster: its metric label and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// A value this cycle could not refresh: when it was last read (never, if `None`) and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stale {
+    #[serde(with = "crate::snapshot::unix_seconds_opt")]
+    pub last_good: Option<SystemTime>,
+    pub reason: String,
+}
+
+/// The group protocol, from ListGroups v5's group type (KIP-848).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// Not listed by any broker (a target group that does not exist, or a broker before 4.0).
+    #[default]
+    Unknown,
+    /// The classic rebalance protocol (JoinGroup/SyncGroup).
+    Classic,
+    /// The consumer rebalance protocol (KIP-848, ConsumerGroupHeartbeat).
+    Consumer,
+    /// Kafka Streams' rebalance protocol (KIP-1071).
+    Streams,
+    /// Share groups (KIP-932): no committed offsets, a share-partition start offset instead.
+    Share,
+}
+
+impl GroupProtocol {
+    fn from_listed(group_type: &str, protocol_type: &str) -> Option<Self> {
+        match (group_type, protocol_type) {
+            ("classic", "consumer" | "") => Some(Self::Classic),
+            ("consumer", _) => Some(Self::Consumer),
+            ("streams", _) => Some(Self::Streams),
+            ("share", _) => Some(Self::Share),
+            // Before ListGroups v5 there is no type: every consumer group lists as "consumer".
+            ("", "consumer" | "") => Some(Self::Unknown),
+            // Kafka Connect and other classic protocols commit no consumer offsets.
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
+            Self::Streams => "streams",
+            Self::Share => "share",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupState {
-    /// Kafka's group state (`Stable`, `Empty`, ...), when it was listed.
+    pub protocol: GroupProtocol,
+    /// Kafka's group state (`Stable`, `Empty`, ...), when it was listed or described.
     pub state: Option<String>,
-    /// Members, when described (target groups).
-    pub members: Option<u32>,
+    /// Some broker listed the group this cycle.
+    pub listed: bool,
+    /// Members and their assignments, when described (target groups).
+    pub members: Option<Vec<Member>>,
     /// topic -> partition -> committed offset.
     pub commits: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Set when this cycle could not read the group: the rest is from its last good cycle.
+    pub stale: Option<Stale>,
+}
+
+impl GroupState {
+    pub fn member_count(&self) -> Option<u32> {
+        self.members.as_ref().map(|m| m.len() as u32)
+    }
+
+    /// Kafka knows the group: listed, with commits, or with members.
+    pub fn exists(&self) -> bool {
+        self.listed || !self.commits.is_empty() || self.members.as_ref().is_some_and(|m| !m.is_empty())
+    }
+}
+
+/// One member of a described group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub member_id: String,
+    pub client_id: String,
+    pub client_host: String,
+    /// topic -> assigned partitions.
+    pub assignment: BTreeMap<String, Vec<i32>>,
+}
+
+/// A share group: consumers share partitions, so there is no committed offset per partition;
+/// the share-partition start offset is where undelivered records begin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareGroupState {
+    pub state: Option<String>,
+    pub members: Option<u32>,
+    /// topic -> partition -> share-partition start offset.
+    pub start_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    pub stale: Option<Stale>,
 }
 
 #[derive(Debug)]
@@ -56,14 +189,21 @@ pub struct Collector {
     bootstrap: Vec<String>,
     timeout: Duration,
     security: KafkaSecurity,
+    filters: Filters,
     brokers: BTreeMap<i32, String>,
     conns: HashMap<i32, Connection>,
     coordinators: HashMap<String, i32>,
-    /// The groups of the last good cycle: one no broker lists any more is asked for once
-    /// before it is dropped, so a coordinator that stopped owning it (a broker shutting down,
-    /// a partition moving) fails the cycle instead of making the group vanish.
-    known_groups: BTreeSet<String>,
+    /// Brokers that failed this cycle, with why: not asked again until the next cycle, so a
+    /// dead broker costs one connect timeout per cycle, not one per request.
+    down: BTreeMap<i32, String>,
+    /// The last good state of every group, and when it was read: a group this cycle cannot
+    /// read keeps it, marked stale; one no broker lists any more is asked for once before it
+    /// is dropped, so a coordinator that stopped owning it does not make it vanish.
+    last_groups: BTreeMap<String, (GroupState, SystemTime)>,
+    last_share_groups: BTreeMap<String, (ShareGroupState, SystemTime)>,
+    last_marks: HashMap<(String, i32), (Watermarks, SystemTime)>,
     requests: BTreeMap<&'static str, u64>,
+    errors: Vec<CycleError>,
 }
 
 fn sb(s: &str) -> StrBytes {
@@ -76,17 +216,28 @@ impl Collector {
             bootstrap,
             timeout: request_timeout,
             security: KafkaSecurity::default(),
+            filters: Filters::default(),
             brokers: BTreeMap::new(),
             conns: HashMap::new(),
             coordinators: HashMap::new(),
-            known_groups: BTreeSet::new(),
+            down: BTreeMap::new(),
+            last_groups: BTreeMap::new(),
+            last_share_groups: BTreeMap::new(),
+            last_marks: HashMap::new(),
             requests: BTreeMap::new(),
+            errors: Vec::new(),
         }
     }
 
     /// Connects with TLS and SASL as `security` says (plaintext without this).
     pub fn with_security(mut self, security: KafkaSecurity) -> Self {
         self.security = security;
+        self
+    }
+
+    /// Collects only the groups and topics `filters` allow (targets always).
+    pub fn with_filters(mut self, filters: Filters) -> Self {
+        self.filters = filters;
         self
     }
 
@@ -101,7 +252,22 @@ impl Collector {
         *self.requests.entry(api).or_default() += 1;
     }
 
+    /// Notes a failure of `broker`: its connection is dropped (the next cycle reconnects) and it
+    /// is not asked again this cycle.
+    fn broker_failed(&mut self, broker: i32, error: &KafkaError) {
+        self.conns.remove(&broker);
+        self.down.insert(broker, error.to_string());
+        self.errors.push(CycleError { kind: error.kind(), message: error.to_string() });
+    }
+
+    fn failed(&mut self, error: &KafkaError) {
+        self.errors.push(CycleError { kind: error.kind(), message: error.to_string() });
+    }
+
     async fn conn(&mut self, broker: i32) -> Result<&mut Connection, KafkaError> {
+        if let Some(reason) = self.down.get(&broker) {
+            return Err(KafkaError::BrokerDown { id: broker, reason: reason.clone() });
+        }
         if self.conns.get(&broker).is_some_and(Connection::session_expired) {
             self.conns.remove(&broker);
         }
@@ -157,14 +323,16 @@ impl Collector {
         Ok(response)
     }
 
-    /// Runs one cycle. `target_groups` are always fetched (and described); `target_topics`
-    /// are always watched.
+    /// Runs one cycle. `target_groups` are always fetched (and described), whatever the
+    /// filters; `target_topics` are always watched. Fails only when no broker answers Metadata.
     pub async fn collect(
         &mut self,
         target_groups: &BTreeSet<String>,
         target_topics: &BTreeSet<String>,
     ) -> Result<Collected, KafkaError> {
         self.requests.clear();
+        self.errors.clear();
+        self.down.clear();
         let result = self.cycle(target_groups, target_topics).await;
         if result.is_err() {
             self.reset();
@@ -177,6 +345,7 @@ impl Collector {
         target_groups: &BTreeSet<String>,
         target_topics: &BTreeSet<String>,
     ) -> Result<Collected, KafkaError> {
+        let at = SystemTime::now();
         // 1. Metadata: brokers, topics, partition leaders.
         let metadata = self.metadata().await?;
         self.brokers =
@@ -198,111 +367,318 @@ impl Collector {
         }
 
         // 2. Groups: listed on every broker (each lists the groups it coordinates).
+        let (listed, listing_failed) = self.list_groups().await;
+        let wanted = |name: &str| target_groups.contains(name) || self.filters.group(name);
         let mut groups: BTreeMap<String, GroupState> = BTreeMap::new();
-        for id in self.brokers.keys().copied().collect::<Vec<_>>() {
-            let conn = self.conn(id).await?;
-            let version = conn.version::<ListGroupsRequest>("ListGroups", 4)?;
-            let response = conn.send(&ListGroupsRequest::default(), version).await?;
-            self.count("ListGroups");
-            if response.error_code != 0 {
-                return Err(KafkaError::broker("ListGroups", response.error_code, format!("broker {id}")));
+        let mut share_names: BTreeSet<String> = BTreeSet::new();
+        for (name, (protocol, state)) in listed {
+            if !wanted(&name) {
+                continue;
             }
-            for g in response.groups {
-                // Kafka Connect and other protocols do not commit consumer offsets.
-                let protocol = g.protocol_type.as_str();
-                if protocol == "consumer" || protocol.is_empty() {
-                    let state = (!g.group_state.is_empty()).then(|| g.group_state.as_str().to_owned());
-                    groups.insert(g.group_id.0.as_str().to_owned(), GroupState { state, ..GroupState::default() });
-                }
+            if protocol == GroupProtocol::Share {
+                share_names.insert(name);
+            } else {
+                groups.insert(name, GroupState { protocol, state, listed: true, ..GroupState::default() });
             }
         }
         for g in target_groups {
-            groups.entry(g.clone()).or_default();
+            if !groups.contains_key(g) && !share_names.contains(g) {
+                // A share group not listed this cycle (its broker failed) stays a share group.
+                if self.last_share_groups.contains_key(g) {
+                    share_names.insert(g.clone());
+                } else {
+                    groups.entry(g.clone()).or_default();
+                }
+            }
         }
-        let unlisted: Vec<String> = self.known_groups.iter().filter(|g| !groups.contains_key(*g)).cloned().collect();
-        for g in &unlisted {
-            groups.entry(g.clone()).or_default();
+        for (g, (last, _)) in &self.last_groups {
+            if !groups.contains_key(g) && wanted(g) {
+                // Asked once more: gone if its coordinator knows nothing of it. While the
+                // listing failed somewhere, it keeps the type and state it was listed with.
+                let mut state = GroupState::default();
+                if listing_failed {
+                    state = GroupState { listed: last.listed, protocol: last.protocol, ..state };
+                    state.state.clone_from(&last.state);
+                }
+                groups.insert(g.clone(), state);
+            }
+        }
+        for g in self.last_share_groups.keys() {
+            if !share_names.contains(g) && wanted(g) && listing_failed {
+                share_names.insert(g.clone());
+            }
         }
 
-        // 3. Coordinators, then committed offsets per coordinator.
-        let names: Vec<String> = groups.keys().cloned().collect();
-        self.find_coordinators(&names).await?;
+        // 3. Coordinators, then committed offsets per coordinator, then descriptions.
+        let mut names: Vec<String> = groups.keys().cloned().collect();
+        names.extend(share_names.iter().cloned());
+        let mut group_errors: BTreeMap<String, String> = self.find_coordinators(&names).await;
         let mut by_coordinator: BTreeMap<i32, Vec<String>> = BTreeMap::new();
         for name in &names {
             if let Some(&c) = self.coordinators.get(name) {
                 by_coordinator.entry(c).or_default().push(name.clone());
             }
         }
-        for (coordinator, members) in &by_coordinator {
-            for (group, commits) in self.fetch_offsets(*coordinator, members).await? {
-                if let Some(state) = groups.get_mut(&group) {
-                    state.commits = commits;
+        let mut described_errors: BTreeMap<String, String> = BTreeMap::new();
+        for (&coordinator, members) in &by_coordinator {
+            let (consumer, share): (Vec<String>, Vec<String>) =
+                members.iter().cloned().partition(|g| !share_names.contains(g));
+            if !consumer.is_empty() {
+                match self.fetch_offsets(coordinator, &consumer).await {
+                    Ok(fetched) => {
+                        for (group, result) in fetched {
+                            match result {
+                                Ok(commits) => {
+                                    if let Some(state) = groups.get_mut(&group) {
+                                        state.commits = commits;
+                                    }
+                                }
+                                Err(reason) => {
+                                    group_errors.insert(group, reason);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.broker_failed(coordinator, &e);
+                        for g in &consumer {
+                            self.coordinators.remove(g);
+                            group_errors.insert(g.clone(), format!("coordinator {coordinator}: {e}"));
+                        }
+                    }
+                }
+                let described: Vec<String> = consumer
+                    .iter()
+                    .filter(|g| target_groups.contains(*g) && !group_errors.contains_key(*g))
+                    .cloned()
+                    .collect();
+                if !described.is_empty() {
+                    let kinds: Vec<(String, GroupProtocol)> =
+                        described.iter().map(|g| (g.clone(), groups.get(g).map(|s| s.protocol).unwrap_or_default())).collect();
+                    match self.describe(coordinator, &kinds).await {
+                        Ok(found) => {
+                            for (group, result) in found {
+                                match result {
+                                    Ok(description) => {
+                                        if let Some(state) = groups.get_mut(&group) {
+                                            if state.protocol == GroupProtocol::Unknown {
+                                                state.protocol = description.protocol;
+                                            }
+                                            if description.state.is_some() {
+                                                state.state = description.state;
+                                            }
+                                            state.members = Some(description.members);
+                                        }
+                                    }
+                                    Err(reason) => {
+                                        described_errors.insert(group, reason);
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.broker_failed(coordinator, &e);
+                            for g in described {
+                                described_errors.insert(g, format!("coordinator {coordinator}: {e}"));
+                            }
+                        }
+                    }
                 }
             }
-            let described: Vec<String> = members.iter().filter(|g| target_groups.contains(*g)).cloned().collect();
-            if !described.is_empty() {
-                for (group, count) in self.describe(*coordinator, &described).await? {
-                    if let Some(state) = groups.get_mut(&group) {
-                        state.members = Some(count);
+            if !share.is_empty() {
+                let result = self.share_groups(coordinator, &share, target_groups).await;
+                match result {
+                    Ok(found) => {
+                        for (group, state) in found {
+                            match state {
+                                Ok(s) => {
+                                    self.last_share_groups.insert(group, (s, at));
+                                }
+                                Err(reason) => {
+                                    group_errors.insert(group, reason);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.broker_failed(coordinator, &e);
+                        for g in &share {
+                            self.coordinators.remove(g);
+                            group_errors.insert(g.clone(), format!("coordinator {coordinator}: {e}"));
+                        }
                     }
                 }
             }
         }
 
-        // A group no broker lists and its coordinator knows no offsets of is gone (deleted, or
-        // expired); one whose coordinator failed to answer failed the cycle above.
-        for g in unlisted {
-            if !target_groups.contains(&g) && groups.get(&g).is_some_and(|s| s.commits.is_empty()) {
-                groups.remove(&g);
+        // A group that failed keeps its last good state, marked stale; one never read is only
+        // kept when a target needs it (marked stale with no value).
+        for (g, reason) in &group_errors {
+            if share_names.contains(g) {
+                continue;
+            }
+            let Some(state) = groups.get_mut(g) else { continue };
+            match self.last_groups.get(g) {
+                Some((last, when)) => {
+                    let listed = state.listed || last.listed;
+                    *state = GroupState {
+                        listed,
+                        stale: Some(Stale { last_good: Some(*when), reason: reason.clone() }),
+                        ..last.clone()
+                    };
+                }
+                None if target_groups.contains(g) => {
+                    state.stale = Some(Stale { last_good: None, reason: reason.clone() });
+                }
+                None => {
+                    groups.remove(g);
+                }
             }
         }
-        self.known_groups = groups.keys().cloned().collect();
+        for (g, reason) in described_errors {
+            if let Some(state) = groups.get_mut(&g) {
+                // The members of the last description, if any: a failed describe does not
+                // make a group empty.
+                state.members = self.last_groups.get(&g).and_then(|(last, _)| last.members.clone());
+                let last_good = self.last_groups.get(&g).map(|(_, when)| *when);
+                state.stale.get_or_insert(Stale { last_good, reason });
+            }
+        }
+        // A group no broker lists and its coordinator knows no offsets of is gone (deleted, or
+        // expired).
+        groups.retain(|g, s| s.stale.is_some() || s.listed || !s.commits.is_empty() || target_groups.contains(g));
+        for (g, state) in &groups {
+            if state.stale.is_none() {
+                self.last_groups.insert(g.clone(), (state.clone(), at));
+            }
+        }
+        self.last_groups.retain(|g, _| groups.contains_key(g));
+        let mut share_groups = BTreeMap::new();
+        for g in &share_names {
+            let Some((last, when)) = self.last_share_groups.get(g) else { continue };
+            let mut state = last.clone();
+            if let Some(reason) = group_errors.get(g) {
+                state.stale = Some(Stale { last_good: Some(*when), reason: reason.clone() });
+            }
+            share_groups.insert(g.clone(), state);
+        }
+        for g in &share_names {
+            if !share_groups.contains_key(g) && target_groups.contains(g) {
+                let reason = group_errors.get(g).cloned().unwrap_or_else(|| "not described yet".into());
+                share_groups
+                    .insert(g.clone(), ShareGroupState { stale: Some(Stale { last_good: None, reason }), ..Default::default() });
+            }
+        }
+        self.last_share_groups.retain(|g, _| share_groups.contains_key(g));
+
+        // Topics a group committed to are watched only if the topic filter allows them (or a
+        // target names them); a filtered group's other commits are dropped with them.
+        for state in groups.values_mut() {
+            state.commits.retain(|t, _| target_topics.contains(t) || self.filters.topic(t));
+        }
+        for state in share_groups.values_mut() {
+            state.start_offsets.retain(|t, _| target_topics.contains(t) || self.filters.topic(t));
+        }
 
         // 4. Watermarks of every watched partition, one request per leader and kind.
         let mut watched: BTreeSet<String> = groups.values().flat_map(|g| g.commits.keys().cloned()).collect();
+        watched.extend(share_groups.values().flat_map(|g| g.start_offsets.keys().cloned()));
         watched.extend(target_topics.iter().cloned());
         watched.retain(|t| leaders.contains_key(t));
-        let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
-        for topic in &watched {
-            for (partition, &leader) in leaders[topic].iter().enumerate() {
-                if leader < 0 {
-                    return Err(KafkaError::broker("Metadata", 5, format!("{topic}/{partition} has no leader")));
-                }
-                by_leader.entry(leader).or_default().push((topic.clone(), partition as i32));
-            }
-        }
-        let mut topics: BTreeMap<String, Vec<Watermarks>> =
-            watched.iter().map(|t| (t.clone(), vec![Watermarks::default(); leaders[t].len()])).collect();
-        for (leader, partitions) in &by_leader {
-            for (kind, timestamp) in [("log-end", LATEST), ("log-start", EARLIEST)] {
-                for (topic, partition, offset) in self.list_offsets(*leader, partitions, timestamp).await? {
-                    let slot = topics.get_mut(&topic).and_then(|v| v.get_mut(partition as usize));
-                    let Some(marks) = slot else { continue };
-                    if kind == "log-end" {
-                        marks.log_end = offset;
-                    } else {
-                        marks.log_start = offset;
-                    }
-                }
-            }
-        }
+        let (topics, stale_partitions) = self.watermarks(&watched, &leaders, at).await;
 
         Ok(Collected {
+            at,
             topics,
+            stale_partitions,
             partition_counts: leaders.iter().map(|(t, p)| (t.clone(), p.len() as u32)).collect(),
             groups,
+            share_groups,
+            errors: std::mem::take(&mut self.errors),
             requests: std::mem::take(&mut self.requests),
         })
     }
 
-    async fn find_coordinators(&mut self, groups: &[String]) -> Result<(), KafkaError> {
-        let missing: Vec<String> = groups.iter().filter(|g| !self.coordinators.contains_key(*g)).cloned().collect();
-        if missing.is_empty() {
-            return Ok(());
+    /// Every group every broker lists, with its protocol and state; and whether some broker
+    /// failed to list (its groups are then only known from earlier cycles).
+    async fn list_groups(&mut self) -> (BTreeMap<String, (GroupProtocol, Option<String>)>, bool) {
+        let mut out = BTreeMap::new();
+        let mut failed = false;
+        for id in self.brokers.keys().copied().collect::<Vec<_>>() {
+            let attempt = async {
+                let conn = self.conn(id).await?;
+                let version = conn.version::<ListGroupsRequest>("ListGroups", 5)?;
+                conn.send(&ListGroupsRequest::default(), version).await
+            };
+            let response = match attempt.await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.broker_failed(id, &e);
+                    failed = true;
+                    continue;
+                }
+            };
+            self.count("ListGroups");
+            if response.error_code != 0 {
+                self.failed(&KafkaError::broker("ListGroups", response.error_code, format!("broker {id}")));
+                failed = true;
+                continue;
+            }
+            for g in response.groups {
+                let Some(protocol) = GroupProtocol::from_listed(g.group_type.as_str(), g.protocol_type.as_str())
+                else {
+                    continue;
+                };
+                let state = (!g.group_state.is_empty()).then(|| g.group_state.as_str().to_owned());
+                out.insert(g.group_id.0.as_str().to_owned(), (protocol, state));
+            }
         }
-        let Some(&any) = self.brokers.keys().next() else {
-            return Err(KafkaError::NoBrokers { tried: "metadata listed no brokers".into(), kind: "broker_error" });
-        };
+        (out, failed)
+    }
+
+    /// Finds the coordinators not cached yet; returns the groups whose coordinator could not
+    /// be found, with why.
+    async fn find_coordinators(&mut self, groups: &[String]) -> BTreeMap<String, String> {
+        let missing: Vec<String> = groups.iter().filter(|g| !self.coordinators.contains_key(*g)).cloned().collect();
+        let mut failed = BTreeMap::new();
+        if missing.is_empty() {
+            return failed;
+        }
+        // Any broker answers FindCoordinator: the first that is up.
+        let mut last_error = String::from("no broker in the metadata");
+        for any in self.brokers.keys().copied().collect::<Vec<_>>() {
+            match self.find_via(any, &missing).await {
+                Ok(found) => {
+                    for (group, result) in found {
+                        match result {
+                            Ok(node) => {
+                                self.coordinators.insert(group, node);
+                            }
+                            Err(e) => {
+                                self.failed(&e);
+                                failed.insert(group, e.to_string());
+                            }
+                        }
+                    }
+                    return failed;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    self.broker_failed(any, &e);
+                }
+            }
+        }
+        for g in missing {
+            failed.insert(g, format!("no coordinator found: {last_error}"));
+        }
+        failed
+    }
+
+    async fn find_via(
+        &mut self,
+        any: i32,
+        missing: &[String],
+    ) -> Result<Vec<(String, Result<i32, KafkaError>)>, KafkaError> {
         let conn = self.conn(any).await?;
         let version = conn.version::<FindCoordinatorRequest>("FindCoordinator", 4)?;
         let mut found = Vec::new();
@@ -312,36 +688,37 @@ impl Collector {
             let response = conn.send(&request, version).await?;
             self.count("FindCoordinator");
             for c in response.coordinators {
-                if c.error_code != 0 {
-                    return Err(KafkaError::broker(
-                        "FindCoordinator",
-                        c.error_code,
-                        format!("group {}", c.key.as_str()),
-                    ));
-                }
-                found.push((c.key.as_str().to_owned(), c.node_id.0));
+                let group = c.key.as_str().to_owned();
+                let result = if c.error_code == 0 {
+                    Ok(c.node_id.0)
+                } else {
+                    Err(KafkaError::broker("FindCoordinator", c.error_code, format!("group {group}")))
+                };
+                found.push((group, result));
             }
         } else {
-            for group in &missing {
+            for group in missing {
                 let conn = self.conn(any).await?;
                 let response = conn.send(&FindCoordinatorRequest::default().with_key(sb(group)), version).await?;
                 self.count("FindCoordinator");
-                if response.error_code != 0 {
-                    return Err(KafkaError::broker("FindCoordinator", response.error_code, format!("group {group}")));
-                }
-                found.push((group.clone(), response.node_id.0));
+                let result = if response.error_code == 0 {
+                    Ok(response.node_id.0)
+                } else {
+                    Err(KafkaError::broker("FindCoordinator", response.error_code, format!("group {group}")))
+                };
+                found.push((group.clone(), result));
             }
         }
-        self.coordinators.extend(found);
-        Ok(())
+        Ok(found)
     }
 
-    /// Committed offsets of `groups`, all coordinated by `coordinator`.
+    /// Committed offsets of `groups`, all coordinated by `coordinator`: per group, its commits
+    /// or why they could not be read. The outer error is the coordinator's.
     async fn fetch_offsets(
         &mut self,
         coordinator: i32,
         groups: &[String],
-    ) -> Result<Vec<(String, BTreeMap<String, BTreeMap<i32, i64>>)>, KafkaError> {
+    ) -> Result<Vec<(String, Result<Commits, String>)>, KafkaError> {
         let conn = self.conn(coordinator).await?;
         let version = conn.version::<OffsetFetchRequest>("OffsetFetch", 8)?;
         let mut out = Vec::new();
@@ -356,14 +733,14 @@ impl Collector {
             self.count("OffsetFetch");
             for g in response.groups {
                 let name = g.group_id.0.as_str().to_owned();
-                self.check_group_error(g.error_code, &name)?;
                 let topics = g.topics.iter().map(|t| {
                     (
                         t.name.0.as_str(),
                         t.partitions.iter().map(|p| (p.partition_index, p.committed_offset, p.error_code)),
                     )
                 });
-                out.push((name, commit_map(topics)));
+                let result = self.group_result(g.error_code, &name).map(|()| commit_map(topics));
+                out.push((name, result));
             }
         } else {
             if version < 2 {
@@ -377,55 +754,339 @@ impl Collector {
                 let request = OffsetFetchRequest::default().with_group_id(GroupId(sb(group))).with_topics(None);
                 let response = conn.send(&request, version).await?;
                 self.count("OffsetFetch");
-                self.check_group_error(response.error_code, group)?;
                 let topics = response.topics.iter().map(|t| {
                     (
                         t.name.0.as_str(),
                         t.partitions.iter().map(|p| (p.partition_index, p.committed_offset, p.error_code)),
                     )
                 });
-                out.push((group.clone(), commit_map(topics)));
+                let result = self.group_result(response.error_code, group).map(|()| commit_map(topics));
+                out.push((group.clone(), result));
             }
         }
         Ok(out)
     }
 
-    fn check_group_error(&mut self, code: i16, group: &str) -> Result<(), KafkaError> {
+    /// A group-level error code of OffsetFetch: none, or why the group could not be read.
+    fn group_result(&mut self, code: i16, group: &str) -> Result<(), String> {
         match code {
-            0 | 69 => Ok(()), // GROUP_ID_NOT_FOUND: a target group that does not exist yet
-            14..=16 => {
-                // The coordinator moved or is loading: ask again next cycle.
-                self.coordinators.remove(group);
-                Err(KafkaError::broker("OffsetFetch", code, format!("group {group}")))
+            0 | GROUP_ID_NOT_FOUND => Ok(()), // not found: a target group that does not exist
+            _ => {
+                if (14..=16).contains(&code) {
+                    // The coordinator moved or is loading: find it again next cycle.
+                    self.coordinators.remove(group);
+                }
+                let e = KafkaError::broker("OffsetFetch", code, format!("group {group}"));
+                self.failed(&e);
+                Err(e.to_string())
             }
-            _ => Err(KafkaError::broker("OffsetFetch", code, format!("group {group}"))),
         }
     }
 
-    async fn describe(&mut self, coordinator: i32, groups: &[String]) -> Result<Vec<(String, u32)>, KafkaError> {
+    /// Describes target groups in their own protocol: ConsumerGroupDescribe for KIP-848
+    /// groups, DescribeGroups for classic ones, each falling back to the other when the broker
+    /// says the group is of the other kind (GROUP_ID_NOT_FOUND, or `Dead` before DescribeGroups
+    /// v6) or does not speak ConsumerGroupDescribe.
+    async fn describe(
+        &mut self,
+        coordinator: i32,
+        groups: &[(String, GroupProtocol)],
+    ) -> Result<Vec<(String, Result<Description, String>)>, KafkaError> {
+        let consumer_api = self.conn(coordinator).await?.version::<ConsumerGroupDescribeRequest>("ConsumerGroupDescribe", 1).ok();
+        let (first_consumer, first_classic): (Vec<_>, Vec<_>) = groups
+            .iter()
+            .map(|(g, _)| g.clone())
+            .partition(|g| consumer_api.is_some() && groups.iter().any(|(n, p)| n == g && *p == GroupProtocol::Consumer));
+        let mut out = Vec::new();
+        let mut then_classic = first_classic;
+        if let Some(version) = consumer_api
+            && !first_consumer.is_empty()
+        {
+            for (g, result) in self.describe_consumer(coordinator, &first_consumer, version).await? {
+                match result {
+                    Some(r) => out.push((g, r)),
+                    None => then_classic.push(g),
+                }
+            }
+        }
+        let mut then_consumer = Vec::new();
+        if !then_classic.is_empty() {
+            for (g, result) in self.describe_classic(coordinator, &then_classic).await? {
+                match result {
+                    Some(r) => out.push((g, r)),
+                    None if consumer_api.is_some() && !first_consumer.contains(&g) => then_consumer.push(g),
+                    None => out.push((g, Ok(Description::none()))),
+                }
+            }
+        }
+        if let Some(version) = consumer_api
+            && !then_consumer.is_empty()
+        {
+            for (g, result) in self.describe_consumer(coordinator, &then_consumer, version).await? {
+                out.push((g, result.unwrap_or_else(|| Ok(Description::none()))));
+            }
+        }
+        Ok(out)
+    }
+
+    /// ConsumerGroupDescribe: `None` where the group is not a consumer-protocol group.
+    async fn describe_consumer(
+        &mut self,
+        coordinator: i32,
+        groups: &[String],
+        version: i16,
+    ) -> Result<Vec<(String, Option<Result<Description, String>>)>, KafkaError> {
         let conn = self.conn(coordinator).await?;
-        let version = conn.version::<DescribeGroupsRequest>("DescribeGroups", 5)?;
+        let request =
+            ConsumerGroupDescribeRequest::default().with_group_ids(groups.iter().map(|g| GroupId(sb(g))).collect());
+        let response = conn.send(&request, version).await?;
+        self.count("ConsumerGroupDescribe");
+        let mut out = Vec::new();
+        for g in response.groups {
+            let name = g.group_id.0.as_str().to_owned();
+            let result = match g.error_code {
+                0 => Some(Ok(Description {
+                    protocol: GroupProtocol::Consumer,
+                    state: Some(g.group_state.as_str().to_owned()),
+                    members: g
+                        .members
+                        .iter()
+                        .map(|m| Member {
+                            member_id: m.member_id.as_str().to_owned(),
+                            client_id: m.client_id.as_str().to_owned(),
+                            client_host: m.client_host.as_str().to_owned(),
+                            assignment: m
+                                .assignment
+                                .topic_partitions
+                                .iter()
+                                .map(|t| (t.topic_name.0.as_str().to_owned(), sorted(&t.partitions)))
+                                .collect(),
+                        })
+                        .collect(),
+                })),
+                GROUP_ID_NOT_FOUND | UNSUPPORTED_VERSION => None,
+                code => {
+                    let e = KafkaError::broker("ConsumerGroupDescribe", code, format!("group {name}"));
+                    self.failed(&e);
+                    Some(Err(e.to_string()))
+                }
+            };
+            out.push((name, result));
+        }
+        Ok(out)
+    }
+
+    /// DescribeGroups: `None` where the group is not a classic group (`Dead`, or
+    /// GROUP_ID_NOT_FOUND from v6 on).
+    async fn describe_classic(
+        &mut self,
+        coordinator: i32,
+        groups: &[String],
+    ) -> Result<Vec<(String, Option<Result<Description, String>>)>, KafkaError> {
+        let conn = self.conn(coordinator).await?;
+        let version = conn.version::<DescribeGroupsRequest>("DescribeGroups", 6)?;
         let request = DescribeGroupsRequest::default().with_groups(groups.iter().map(|g| GroupId(sb(g))).collect());
         let response = conn.send(&request, version).await?;
         self.count("DescribeGroups");
         let mut out = Vec::new();
         for g in response.groups {
             let name = g.group_id.0.as_str().to_owned();
-            match g.error_code {
-                0 => out.push((name, g.members.len() as u32)),
-                69 => out.push((name, 0)),
-                code => return Err(KafkaError::broker("DescribeGroups", code, format!("group {name}"))),
-            }
+            let result = match g.error_code {
+                0 if g.group_state.as_str() == "Dead" => None,
+                0 => {
+                    let consumer = g.protocol_type.as_str() == "consumer";
+                    Some(Ok(Description {
+                        protocol: GroupProtocol::Classic,
+                        state: Some(g.group_state.as_str().to_owned()),
+                        members: g
+                            .members
+                            .iter()
+                            .map(|m| Member {
+                                member_id: m.member_id.as_str().to_owned(),
+                                client_id: m.client_id.as_str().to_owned(),
+                                client_host: m.client_host.as_str().to_owned(),
+                                assignment: if consumer {
+                                    classic_assignment(m.member_assignment.clone())
+                                } else {
+                                    BTreeMap::new()
+                                },
+                            })
+                            .collect(),
+                    }))
+                }
+                GROUP_ID_NOT_FOUND => None,
+                code => {
+                    let e = KafkaError::broker("DescribeGroups", code, format!("group {name}"));
+                    self.failed(&e);
+                    Some(Err(e.to_string()))
+                }
+            };
+            out.push((name, result));
         }
         Ok(out)
     }
 
+    /// Share groups coordinated by `coordinator`: start offsets for all (one
+    /// DescribeShareGroupOffsets), members for target groups (one ShareGroupDescribe).
+    async fn share_groups(
+        &mut self,
+        coordinator: i32,
+        groups: &[String],
+        target_groups: &BTreeSet<String>,
+    ) -> Result<Vec<(String, Result<ShareGroupState, String>)>, KafkaError> {
+        let conn = self.conn(coordinator).await?;
+        let version = conn.version::<DescribeShareGroupOffsetsRequest>("DescribeShareGroupOffsets", 0)?;
+        let request = DescribeShareGroupOffsetsRequest::default().with_groups(
+            groups
+                .iter()
+                .map(|g| DescribeShareGroupOffsetsRequestGroup::default().with_group_id(GroupId(sb(g))).with_topics(None))
+                .collect(),
+        );
+        let response = conn.send(&request, version).await?;
+        self.count("DescribeShareGroupOffsets");
+        let mut states: BTreeMap<String, Result<ShareGroupState, String>> = BTreeMap::new();
+        for g in response.groups {
+            let name = g.group_id.0.as_str().to_owned();
+            let result = match g.error_code {
+                0 | GROUP_ID_NOT_FOUND => {
+                    let mut start_offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+                    for t in &g.topics {
+                        for p in &t.partitions {
+                            // -1: the share-partition is not initialised yet (nothing consumed).
+                            if p.error_code == 0 && p.start_offset >= 0 {
+                                start_offsets
+                                    .entry(t.topic_name.0.as_str().to_owned())
+                                    .or_default()
+                                    .insert(p.partition_index, p.start_offset);
+                            }
+                        }
+                    }
+                    Ok(ShareGroupState { start_offsets, ..ShareGroupState::default() })
+                }
+                code => {
+                    let e = KafkaError::broker("DescribeShareGroupOffsets", code, format!("group {name}"));
+                    self.failed(&e);
+                    Err(e.to_string())
+                }
+            };
+            states.insert(name, result);
+        }
+        let described: Vec<String> = groups.iter().filter(|g| target_groups.contains(*g)).cloned().collect();
+        if !described.is_empty() {
+            let conn = self.conn(coordinator).await?;
+            let version = conn.version::<ShareGroupDescribeRequest>("ShareGroupDescribe", 1)?;
+            let request =
+                ShareGroupDescribeRequest::default().with_group_ids(described.iter().map(|g| GroupId(sb(g))).collect());
+            let response = conn.send(&request, version).await?;
+            self.count("ShareGroupDescribe");
+            for g in response.groups {
+                let name = g.group_id.0.as_str().to_owned();
+                if let Some(Ok(state)) = states.get_mut(&name) {
+                    match g.error_code {
+                        0 => {
+                            state.state = Some(g.group_state.as_str().to_owned());
+                            state.members = Some(g.members.len() as u32);
+                        }
+                        GROUP_ID_NOT_FOUND => state.members = Some(0),
+                        code => {
+                            let e = KafkaError::broker("ShareGroupDescribe", code, format!("group {name}"));
+                            self.failed(&e);
+                            states.insert(name, Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(states.into_iter().collect())
+    }
+
+    /// Log-start and log-end of every watched partition, one ListOffsets per leader and kind.
+    /// A partition without a leader, on a failed broker, or answered with an error keeps its
+    /// last watermarks, marked stale.
+    async fn watermarks(
+        &mut self,
+        watched: &BTreeSet<String>,
+        leaders: &BTreeMap<String, Vec<i32>>,
+        at: SystemTime,
+    ) -> (BTreeMap<String, Vec<Watermarks>>, BTreeMap<(String, i32), Stale>) {
+        let mut failed: BTreeMap<(String, i32), String> = BTreeMap::new();
+        let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+        for topic in watched {
+            for (partition, &leader) in leaders[topic].iter().enumerate() {
+                if leader < 0 {
+                    failed.insert((topic.clone(), partition as i32), "no leader (LEADER_NOT_AVAILABLE)".into());
+                } else {
+                    by_leader.entry(leader).or_default().push((topic.clone(), partition as i32));
+                }
+            }
+        }
+        let mut topics: BTreeMap<String, Vec<Watermarks>> =
+            watched.iter().map(|t| (t.clone(), vec![Watermarks::default(); leaders[t].len()])).collect();
+        let mut read: BTreeSet<(String, i32)> = BTreeSet::new();
+        for (leader, partitions) in &by_leader {
+            let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+            for timestamp in [LATEST, EARLIEST] {
+                match self.list_offsets(*leader, partitions, timestamp).await {
+                    Ok(found) => {
+                        for (topic, partition, result) in found {
+                            match result {
+                                Ok(offset) if timestamp == LATEST => {
+                                    ends.insert((topic, partition), offset);
+                                }
+                                Ok(log_start) => {
+                                    let key = (topic, partition);
+                                    let Some(log_end) = ends.get(&key).copied() else { continue };
+                                    if let Some(slot) =
+                                        topics.get_mut(&key.0).and_then(|v| v.get_mut(key.1 as usize))
+                                    {
+                                        *slot = Watermarks { log_start, log_end };
+                                        read.insert(key);
+                                    }
+                                }
+                                Err(reason) => {
+                                    failed.insert((topic, partition), reason);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let reason = format!("leader {leader}: {e}");
+                        self.broker_failed(*leader, &e);
+                        for p in partitions {
+                            failed.entry(p.clone()).or_insert_with(|| reason.clone());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let mut stale = BTreeMap::new();
+        for (topic, marks) in &mut topics {
+            for (p, slot) in marks.iter_mut().enumerate() {
+                let key = (topic.clone(), p as i32);
+                if read.contains(&key) {
+                    self.last_marks.insert(key, (*slot, at));
+                    continue;
+                }
+                let reason = failed.remove(&key).unwrap_or_else(|| "not answered by its leader".into());
+                let last = self.last_marks.get(&key).copied();
+                if let Some((marks, _)) = last {
+                    *slot = marks;
+                }
+                stale.insert(key, Stale { last_good: last.map(|(_, when)| when), reason });
+            }
+        }
+        self.last_marks.retain(|(t, p), _| topics.get(t).is_some_and(|v| (*p as usize) < v.len()));
+        (topics, stale)
+    }
+
+    /// One ListOffsets to `leader` for all `partitions`: per partition, its offset or why not.
     async fn list_offsets(
         &mut self,
         leader: i32,
         partitions: &[(String, i32)],
         timestamp: i64,
-    ) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+    ) -> Result<Vec<(String, i32, Result<i64, String>)>, KafkaError> {
         let timeout_ms = self.timeout.as_millis().min(i32::MAX as u128) as i32;
         let conn = self.conn(leader).await?;
         let version = conn.version::<ListOffsetsRequest>("ListOffsets", 7)?;
@@ -456,27 +1117,65 @@ impl Collector {
         let mut out = Vec::new();
         for t in response.topics {
             for p in t.partitions {
-                if p.error_code != 0 {
-                    return Err(KafkaError::broker(
-                        "ListOffsets",
-                        p.error_code,
-                        format!("{}/{}", t.name.0.as_str(), p.partition_index),
-                    ));
-                }
-                out.push((t.name.0.as_str().to_owned(), p.partition_index, p.offset));
+                let topic = t.name.0.as_str().to_owned();
+                let result = if p.error_code == 0 {
+                    Ok(p.offset)
+                } else {
+                    let e = KafkaError::broker("ListOffsets", p.error_code, format!("{topic}/{}", p.partition_index));
+                    self.failed(&e);
+                    Err(e.to_string())
+                };
+                out.push((topic, p.partition_index, result));
             }
         }
         Ok(out)
     }
 }
 
+type Commits = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// What a description says about a group.
+#[derive(Debug)]
+struct Description {
+    protocol: GroupProtocol,
+    state: Option<String>,
+    members: Vec<Member>,
+}
+
+impl Description {
+    /// Neither protocol knows the group: it has no member.
+    fn none() -> Self {
+        Self { protocol: GroupProtocol::Unknown, state: None, members: Vec::new() }
+    }
+}
+
+fn sorted(partitions: &[i32]) -> Vec<i32> {
+    let mut v = partitions.to_vec();
+    v.sort_unstable();
+    v
+}
+
+/// A classic consumer's assignment: the consumer protocol's `ConsumerProtocolAssignment`,
+/// prefixed by its version. Empty when there is none (a rebalance in progress) or it does not
+/// parse (a client with its own protocol).
+fn classic_assignment(mut bytes: bytes::Bytes) -> BTreeMap<String, Vec<i32>> {
+    if bytes.remaining() < 2 {
+        return BTreeMap::new();
+    }
+    let version = bytes.get_i16().clamp(0, ConsumerProtocolAssignment::VERSIONS.max);
+    match ConsumerProtocolAssignment::decode(&mut bytes, version) {
+        Ok(a) => a.assigned_partitions.iter().map(|t| (t.topic.0.as_str().to_owned(), sorted(&t.partitions))).collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
 /// topic -> partition -> committed offset, from an OffsetFetch answer's (partition, offset,
 /// error) triples; partitions without a commit (-1) or with an error are left out.
-fn commit_map<'a, P>(topics: impl Iterator<Item = (&'a str, P)>) -> BTreeMap<String, BTreeMap<i32, i64>>
+fn commit_map<'a, P>(topics: impl Iterator<Item = (&'a str, P)>) -> Commits
 where
     P: Iterator<Item = (i32, i64, i16)>,
 {
-    let mut commits: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    let mut commits: Commits = BTreeMap::new();
     for (topic, partitions) in topics {
         for (partition, offset, error) in partitions {
             if error == 0 && offset >= 0 {
@@ -491,4 +1190,46 @@ fn metadata_request(version: i16) -> MetadataRequest {
     // All topics: null in v1+, an empty list in v0.
     let request = if version >= 1 { MetadataRequest::default().with_topics(None) } else { MetadataRequest::default() };
     if version >= 4 { request.with_allow_auto_topic_creation(false) } else { request }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+    use kafka_protocol::protocol::Encodable;
+
+    #[test]
+    fn listed_group_types_map_to_protocols() {
+        assert_eq!(GroupProtocol::from_listed("classic", "consumer"), Some(GroupProtocol::Classic));
+        assert_eq!(GroupProtocol::from_listed("consumer", "consumer"), Some(GroupProtocol::Consumer));
+        assert_eq!(GroupProtocol::from_listed("share", "share"), Some(GroupProtocol::Share));
+        assert_eq!(GroupProtocol::from_listed("streams", "streams"), Some(GroupProtocol::Streams));
+        assert_eq!(GroupProtocol::from_listed("", "consumer"), Some(GroupProtocol::Unknown));
+        assert_eq!(GroupProtocol::from_listed("classic", "connect"), None, "Connect commits no offsets");
+    }
+
+    #[test]
+    fn classic_assignments_decode_and_garbage_is_empty() {
+        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+        let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+            TopicPartition::default().with_topic(TopicName(sb("orders"))).with_partitions(vec![3, 1]),
+        ]);
+        let mut buf = bytes::BytesMut::new();
+        buf.put_i16(1);
+        assignment.encode(&mut buf, 1).expect("encode");
+        assert_eq!(classic_assignment(buf.freeze()), BTreeMap::from([("orders".to_owned(), vec![1, 3])]));
+        assert!(classic_assignment(bytes::Bytes::from_static(&[0, 1, 0xff])).is_empty());
+        assert!(classic_assignment(bytes::Bytes::new()).is_empty());
+    }
+
+    #[test]
+    fn a_group_exists_when_listed_committed_or_with_members() {
+        assert!(!GroupState::default().exists());
+        assert!(GroupState { listed: true, ..GroupState::default() }.exists());
+        assert!(GroupState { members: Some(vec![Member::default()]), ..GroupState::default() }.exists());
+        assert!(!GroupState { members: Some(vec![]), ..GroupState::default() }.exists());
+        let mut g = GroupState::default();
+        g.commits.insert("t".into(), BTreeMap::from([(0, 1)]));
+        assert!(g.exists());
+    }
 }

@@ -81,6 +81,25 @@ pub struct Config {
     #[arg(long, env = "LAGSCALE_DEFAULT_OFFSET_POLICY", value_enum, default_value = "latest")]
     pub default_offset_policy: OffsetPolicy,
 
+    /// Collect only consumer and share groups whose whole name matches this regular expression
+    /// (scaling targets' groups are always collected). Applied before offsets are fetched.
+    #[arg(long, env = "LAGSCALE_GROUPS_ALLOW", value_parser = crate::filters::parse_pattern)]
+    pub groups_allow: Option<regex::Regex>,
+
+    /// Skip groups whose whole name matches this regular expression (targets' groups excepted).
+    #[arg(long, env = "LAGSCALE_GROUPS_DENY", value_parser = crate::filters::parse_pattern)]
+    pub groups_deny: Option<regex::Regex>,
+
+    /// Watch only topics whose whole name matches this regular expression (targets' topics are
+    /// always watched); a group's offsets on other topics are neither fetched into lag nor
+    /// exported.
+    #[arg(long, env = "LAGSCALE_TOPICS_ALLOW", value_parser = crate::filters::parse_pattern)]
+    pub topics_allow: Option<regex::Regex>,
+
+    /// Skip topics whose whole name matches this regular expression (targets' topics excepted).
+    #[arg(long, env = "LAGSCALE_TOPICS_DENY", value_parser = crate::filters::parse_pattern)]
+    pub topics_deny: Option<regex::Regex>,
+
     /// Scaling targets (YAML or JSON); re-read when it changes.
     #[arg(long, env = "LAGSCALE_TARGETS_FILE")]
     pub targets_file: Option<PathBuf>,
@@ -138,6 +157,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The group and topic filters of the flags.
+    pub fn filters(&self) -> crate::filters::Filters {
+        crate::filters::Filters::from_patterns(
+            self.groups_allow.clone(),
+            self.groups_deny.clone(),
+            self.topics_allow.clone(),
+            self.topics_deny.clone(),
+        )
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: String| Err(ConfigError::Invalid(m));
         if self.bootstrap_servers.iter().any(|s| s.trim().is_empty() || !s.contains(':')) {

@@ -17,6 +17,8 @@ pub enum KafkaError {
     Unsupported { api: &'static str, addr: String },
     #[error("no broker reachable (tried {tried})")]
     NoBrokers { tried: String, kind: &'static str },
+    #[error("broker {id} failed earlier in this cycle: {reason}")]
+    BrokerDown { id: i32, reason: String },
     #[error("broker {id} is not in the cluster metadata")]
     UnknownBroker { id: i32 },
     #[error("TLS with {addr}: {message}")]
@@ -54,6 +56,7 @@ impl KafkaError {
             Self::Timeout { .. } => "timeout",
             Self::Protocol { .. } => "protocol",
             Self::Broker { .. } | Self::UnknownBroker { .. } => "broker_error",
+            Self::BrokerDown { .. } => "broker_down",
             Self::Unsupported { .. } => "unsupported",
             Self::Tls { .. } => "tls",
             Self::Auth { .. } => "authentication",
@@ -76,6 +79,8 @@ pub fn error_name(code: i16) -> &'static str {
         30 => "GROUP_AUTHORIZATION_FAILED",
         31 => "CLUSTER_AUTHORIZATION_FAILED",
         35 => "UNSUPPORTED_VERSION",
+        41 => "NOT_CONTROLLER",
+        42 => "INVALID_REQUEST",
         69 => "GROUP_ID_NOT_FOUND",
         _ => "UNKNOWN",
     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod delegation;
 pub mod discovery;
 pub mod error;
+pub mod filters;
 pub mod history;
 pub mod kafka_security;
 pub mod lag;

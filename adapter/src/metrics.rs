@@ -18,6 +18,10 @@ pub struct Metrics {
     pub kafka_requests: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub collection_errors: IntCounterVec,
+    pub target_data_timestamp: GaugeVec,
+    pub target_stale_inputs: IntGaugeVec,
+    pub unknown_group_queries: IntCounterVec,
     pub snapshot_timestamp: IntGauge,
     pub snapshot_age: prometheus::Gauge,
     pub authentications: IntCounterVec,
@@ -72,6 +76,34 @@ impl Metrics {
                 .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5]),
             &["route"],
         ));
+        let collection_errors = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_collection_errors_total",
+                "Parts of collection cycles that failed (a broker, coordinator, group or partition), by kind; what they touched keeps its last value, marked stale.",
+            ),
+            &["kind"],
+        ));
+        let target_data_timestamp = must(GaugeVec::new(
+            Opts::new(
+                "lagscale_target_data_timestamp_seconds",
+                "Unix time of the oldest Kafka read a scaling target's value rests on (alert on time() minus this).",
+            ),
+            &["target"],
+        ));
+        let target_stale_inputs = must(IntGaugeVec::new(
+            Opts::new(
+                "lagscale_target_stale_inputs",
+                "Inputs of a scaling target (its group, its partitions) the last cycle could not read.",
+            ),
+            &["target"],
+        ));
+        let unknown_group_queries = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_unknown_group_queries_total",
+                "Queries of a scaling target whose consumer group Kafka does not know (answered 404).",
+            ),
+            &["target"],
+        ));
         let snapshot_timestamp = must(IntGauge::new(
             "lagscale_snapshot_timestamp_seconds",
             "Unix time of the snapshot queries are answered from.",
@@ -110,6 +142,10 @@ impl Metrics {
             Box::new(kafka_requests.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
+            Box::new(collection_errors.clone()),
+            Box::new(target_data_timestamp.clone()),
+            Box::new(target_stale_inputs.clone()),
+            Box::new(unknown_group_queries.clone()),
             Box::new(snapshot_timestamp.clone()),
             Box::new(snapshot_age.clone()),
             Box::new(authentications.clone()),
@@ -128,6 +164,10 @@ impl Metrics {
             kafka_requests,
             http_requests,
             http_duration,
+            collection_errors,
+            target_data_timestamp,
+            target_stale_inputs,
+            unknown_group_queries,
             snapshot_timestamp,
             snapshot_age,
             authentications,
@@ -147,8 +187,13 @@ impl Metrics {
                 self.consumergroup_lag_seconds.with_label_values(&[group, topic]).set(t.lag_seconds);
             }
         }
+        self.target_data_timestamp.reset();
+        self.target_stale_inputs.reset();
         for (name, t) in &snapshot.targets {
             self.target_value.with_label_values(&[name]).set(t.value.value.as_f64());
+            let as_of = t.freshness.as_of.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            self.target_data_timestamp.with_label_values(&[name]).set(if t.freshness.complete { as_of } else { 0.0 });
+            self.target_stale_inputs.with_label_values(&[name]).set(t.freshness.stale_inputs as i64);
         }
         let at = snapshot.collected_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.snapshot_timestamp.set(i64::try_from(at).unwrap_or(i64::MAX));

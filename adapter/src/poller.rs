@@ -116,6 +116,17 @@ pub async fn run(
                 for (api, n) in &collected.requests {
                     metrics.kafka_requests.with_label_values(&[api]).inc_by(*n);
                 }
+                for e in &collected.errors {
+                    metrics.collection_errors.with_label_values(&[e.kind]).inc();
+                }
+                if let Some(first) = collected.errors.first() {
+                    // What failed keeps its last value until --max-snapshot-age; the rest is fresh.
+                    tracing::warn!(
+                        errors = collected.errors.len(),
+                        first = %first.message,
+                        "part of the collection cycle failed; what it touched keeps its last value"
+                    );
+                }
                 // Building is CPU work proportional to groups x partitions: keep it off the
                 // async workers that answer queries.
                 let policy = config.default_policy;

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::collector::Collected;
+use crate::collector::{Collected, GroupProtocol, GroupState, Member, Stale};
 use crate::history::OffsetHistory;
 use hpa_model::cap::{CapApplied, TargetValue, target_value};
 use hpa_model::quantity::Quantity;
@@ -20,22 +20,108 @@ pub struct Snapshot {
     #[serde(with = "unix_seconds")]
     pub collected_at: SystemTime,
     pub groups: BTreeMap<String, GroupLag>,
+    /// Share groups (KIP-932): backlog per topic from the share-partition start offsets.
+    pub share_groups: BTreeMap<String, GroupLag>,
     pub targets: BTreeMap<String, TargetLag>,
+}
+
+/// How current a value is: the oldest read it rests on, and what could not be read this cycle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Freshness {
+    #[serde(with = "unix_seconds")]
+    pub as_of: SystemTime,
+    /// Every input was read at least once (else the value is not served at all).
+    pub complete: bool,
+    /// What this cycle could not read, with why (the first few).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stale: Vec<String>,
+    /// How many inputs are stale in all.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stale_inputs: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Reasons kept per value: enough to name the failure, bounded when a broker with a thousand
+/// partitions dies.
+const STALE_REASONS_KEPT: usize = 4;
+
+impl Freshness {
+    pub fn fresh(at: SystemTime) -> Self {
+        Self { as_of: at, complete: true, stale: Vec::new(), stale_inputs: 0 }
+    }
+
+    fn note(&mut self, what: &str, stale: &Stale) {
+        match stale.last_good {
+            Some(t) => self.as_of = self.as_of.min(t),
+            None => self.complete = false,
+        }
+        self.stale_inputs += 1;
+        if self.stale.len() < STALE_REASONS_KEPT {
+            let when = match stale.last_good {
+                Some(_) => String::new(),
+                None => " (never read)".to_owned(),
+            };
+            self.stale.push(format!("{what}: {}{when}", stale.reason));
+        }
+    }
+
+    pub fn merge(&mut self, other: &Self) {
+        self.as_of = self.as_of.min(other.as_of);
+        self.complete &= other.complete;
+        self.stale_inputs += other.stale_inputs;
+        for s in &other.stale {
+            if self.stale.len() < STALE_REASONS_KEPT && !self.stale.contains(s) {
+                self.stale.push(s.clone());
+            }
+        }
+    }
+
+    /// Why this value may not be served at `now` (`None`: it may): an input never read, or
+    /// one whose last read is older than `max_age`.
+    pub fn problem(&self, now: SystemTime, max_age: std::time::Duration) -> Option<String> {
+        let what = || {
+            let more = self.stale_inputs.saturating_sub(self.stale.len());
+            let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+            format!("{}{more}", self.stale.join("; "))
+        };
+        if !self.complete {
+            return Some(format!("part of it was never read from Kafka: {}", what()));
+        }
+        let age = now.duration_since(self.as_of).unwrap_or_default();
+        (age > max_age).then(|| {
+            format!(
+                "part of it was last read {}s ago, more than the {}s allowed: {}",
+                age.as_secs(),
+                max_age.as_secs(),
+                what()
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupLag {
+    pub protocol: GroupProtocol,
     pub state: Option<String>,
     pub members: Option<u32>,
+    /// Members and their partitions, for described groups (targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Vec<Member>>,
     pub topics: BTreeMap<String, TopicLag>,
+    pub freshness: Freshness,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TopicLag {
     pub lag: u64,
     /// Age of the oldest unconsumed message over the topic's partitions.
     pub lag_seconds: f64,
     pub partitions: Vec<PartitionLag>,
+    /// The group's read and the partitions' reads this lag rests on.
+    pub freshness: Freshness,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +139,9 @@ pub struct TargetLag {
     #[serde(skip)]
     pub target: Arc<Target>,
     pub consumer_group: String,
+    pub protocol: GroupProtocol,
+    /// Kafka knows the group (listed, with commits or members).
+    pub group_exists: bool,
     pub topics: BTreeMap<String, TopicLag>,
     /// Configured topics the cluster does not have.
     pub missing_topics: Vec<String>,
@@ -61,6 +150,7 @@ pub struct TargetLag {
     pub partitions: u32,
     pub members: Option<u32>,
     pub value: TargetValue,
+    pub freshness: Freshness,
 }
 
 /// High-watermark histories per (topic, partition), kept across cycles for lag seconds.
@@ -98,7 +188,9 @@ fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Lag of one topic for one group's commits (`None` where a partition has none).
+/// Lag of one topic for one group's commits (`None` where a partition has none), as fresh as
+/// the group's read (`base`) and the topic's partitions' reads.
+#[allow(clippy::too_many_arguments)]
 fn topic_lag(
     topic: &str,
     marks: &[Watermarks],
@@ -106,8 +198,15 @@ fn topic_lag(
     policy: OffsetPolicy,
     histories: &Histories,
     now: f64,
+    base: &Freshness,
+    stale_partitions: &BTreeMap<(String, i32), Stale>,
 ) -> TopicLag {
-    let mut out = TopicLag::default();
+    let mut out = TopicLag { lag: 0, lag_seconds: 0.0, partitions: Vec::with_capacity(marks.len()), freshness: base.clone() };
+    if !stale_partitions.is_empty() {
+        for ((_, p), stale) in stale_partitions.range((topic.to_owned(), i32::MIN)..=(topic.to_owned(), i32::MAX)) {
+            out.freshness.note(&format!("{topic}/{p}"), stale);
+        }
+    }
     for (p, m) in marks.iter().enumerate() {
         let partition = p as i32;
         let committed = commits.and_then(|c| c.get(&partition)).copied();
@@ -130,6 +229,15 @@ fn topic_lag(
     out
 }
 
+/// The freshness of a group's own read.
+fn group_freshness(name: &str, stale: Option<&Stale>, at: SystemTime) -> Freshness {
+    let mut f = Freshness::fresh(at);
+    if let Some(s) = stale {
+        f.note(&format!("group {name}"), s);
+    }
+    f
+}
+
 impl Snapshot {
     /// Builds the snapshot of one cycle, recording its watermarks into `histories` first.
     /// `hpa_replicas` (by metric name, from the cluster's HPAs when the adapter can read them)
@@ -145,31 +253,100 @@ impl Snapshot {
     ) -> Self {
         let now = unix(at);
         histories.record(collected, now);
+        let stale_partitions = &collected.stale_partitions;
+        // Lag of every topic a group (or share group) has offsets on: commits on a topic that no
+        // longer exists have nothing to lag behind.
+        let lags = |offsets: &BTreeMap<String, BTreeMap<i32, i64>>, base: &Freshness, histories: &Histories| {
+            offsets
+                .iter()
+                .filter_map(|(topic, commits)| {
+                    let marks = collected.topics.get(topic)?;
+                    Some((
+                        topic.clone(),
+                        topic_lag(topic, marks, Some(commits), default_policy, histories, now, base, stale_partitions),
+                    ))
+                })
+                .collect::<BTreeMap<String, TopicLag>>()
+        };
 
         let mut groups = BTreeMap::new();
         for (name, state) in &collected.groups {
-            let topics: BTreeMap<String, TopicLag> = state
-                .commits
-                .iter()
-                .filter_map(|(topic, commits)| {
-                    // Commits on a topic that no longer exists have nothing to lag behind.
-                    let marks = collected.topics.get(topic)?;
-                    Some((topic.clone(), topic_lag(topic, marks, Some(commits), default_policy, histories, now)))
-                })
-                .collect();
-            groups.insert(name.clone(), GroupLag { state: state.state.clone(), members: state.members, topics });
+            let freshness = group_freshness(name, state.stale.as_ref(), at);
+            let topics = lags(&state.commits, &freshness, histories);
+            let mut whole = freshness;
+            for t in topics.values() {
+                whole.merge(&t.freshness);
+            }
+            groups.insert(
+                name.clone(),
+                GroupLag {
+                    protocol: state.protocol,
+                    state: state.state.clone(),
+                    members: state.member_count(),
+                    assignment: state.members.clone(),
+                    topics,
+                    freshness: whole,
+                },
+            );
+        }
+        let mut share_groups = BTreeMap::new();
+        for (name, state) in &collected.share_groups {
+            let freshness = group_freshness(name, state.stale.as_ref(), at);
+            let topics = lags(&state.start_offsets, &freshness, histories);
+            let mut whole = freshness;
+            for t in topics.values() {
+                whole.merge(&t.freshness);
+            }
+            share_groups.insert(
+                name.clone(),
+                GroupLag {
+                    protocol: GroupProtocol::Share,
+                    state: state.state.clone(),
+                    members: state.members,
+                    assignment: None,
+                    topics,
+                    freshness: whole,
+                },
+            );
         }
 
         let mut target_lags = BTreeMap::new();
         for target in targets {
-            let group = collected.groups.get(&target.consumer_group);
+            let name = &target.consumer_group;
+            // A share group's consumers share partitions: its backlog counts from the
+            // share-partition start offsets, and there is no partition cap.
+            let (offsets, members, protocol, exists, stale) = match collected.share_groups.get(name) {
+                Some(share) => (Some(&share.start_offsets), share.members, GroupProtocol::Share, true, share.stale.as_ref()),
+                None => {
+                    let group = collected.groups.get(name);
+                    (
+                        group.map(|g| &g.commits),
+                        group.and_then(GroupState::member_count),
+                        group.map(|g| g.protocol).unwrap_or_default(),
+                        group.is_some_and(GroupState::exists),
+                        group.and_then(|g| g.stale.as_ref()),
+                    )
+                }
+            };
+            let mut freshness = group_freshness(name, stale, at);
             let mut topics = BTreeMap::new();
             let mut missing_topics = Vec::new();
             for topic in &target.topics {
                 match collected.topics.get(topic) {
                     Some(marks) => {
-                        let commits = group.and_then(|g| g.commits.get(topic));
-                        let lag = topic_lag(topic, marks, commits, target.uncommitted_offset_policy, histories, now);
+                        let commits = offsets.and_then(|o| o.get(topic));
+                        let base = Freshness::fresh(at);
+                        let lag = topic_lag(
+                            topic,
+                            marks,
+                            commits,
+                            target.uncommitted_offset_policy,
+                            histories,
+                            now,
+                            &base,
+                            stale_partitions,
+                        );
+                        freshness.merge(&lag.freshness);
                         topics.insert(topic.clone(), lag);
                     }
                     None => missing_topics.push(topic.clone()),
@@ -178,9 +355,9 @@ impl Snapshot {
             let total_lag: u64 = topics.values().map(|t: &TopicLag| t.lag).sum();
             let lag_seconds = topics.values().map(|t| t.lag_seconds).fold(0.0, f64::max);
             let partitions: u32 = topics.values().map(|t| t.partitions.len() as u32).sum();
-            let members = group.and_then(|g| g.members);
             let replicas = hpa_replicas.get(&target.name).copied().or(members);
-            let cap_partitions = if target.cap_at_partitions { partitions } else { 0 };
+            let share = protocol == GroupProtocol::Share;
+            let cap_partitions = if target.cap_at_partitions && !share { partitions } else { 0 };
             let value = match target.activation_lag {
                 None => {
                     target_value(total_lag, target.lag_per_replica, cap_partitions, replicas, target.scale_up_tolerance)
@@ -210,6 +387,8 @@ impl Snapshot {
                 TargetLag {
                     target: Arc::clone(target),
                     consumer_group: target.consumer_group.clone(),
+                    protocol,
+                    group_exists: exists,
                     topics,
                     missing_topics,
                     total_lag,
@@ -217,11 +396,12 @@ impl Snapshot {
                     partitions,
                     members,
                     value,
+                    freshness,
                 },
             );
         }
 
-        Self { collected_at: at, groups, targets: target_lags }
+        Self { collected_at: at, groups, share_groups, targets: target_lags }
     }
 
     pub fn age(&self, now: SystemTime) -> std::time::Duration {
@@ -237,10 +417,21 @@ mod unix_seconds {
     }
 }
 
+/// An optional time as Unix seconds (`null` when never).
+pub mod unix_seconds_opt {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&super::unix(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collector::GroupState;
     use std::time::Duration;
 
     fn collected() -> Collected {
@@ -250,7 +441,7 @@ mod tests {
             vec![Watermarks { log_start: 0, log_end: 100 }, Watermarks { log_start: 40, log_end: 90 }],
         );
         c.topics.insert("idle".into(), vec![Watermarks { log_start: 0, log_end: 0 }]);
-        let mut g = GroupState { state: Some("Stable".into()), members: Some(1), ..GroupState::default() };
+        let mut g = GroupState { state: Some("Stable".into()), members: Some(vec![Member::default()]), ..GroupState::default() };
         g.commits.insert("orders".into(), BTreeMap::from([(0, 60)]));
         g.commits.insert("gone".into(), BTreeMap::from([(0, 5)]));
         c.groups.insert("billing".into(), g);
@@ -267,6 +458,7 @@ mod tests {
             cap_at_partitions: true,
             scale_up_tolerance: 0.1,
             activation_lag: None,
+            missing_group: crate::targets::MissingGroup::Reject,
             namespaces: vec![],
         })
     }
@@ -279,7 +471,8 @@ mod tests {
             t.activation_lag = activation;
             t.cap_at_partitions = partitions_cap;
             let mut c = collected();
-            c.groups.get_mut("billing").expect("billing").members = members;
+            c.groups.get_mut("billing").expect("billing").members =
+                members.map(|n| vec![Member::default(); n as usize]);
             let s =
                 Snapshot::build(&c, &mut Histories::new(4), &[Arc::new(t)], &HashMap::new(), OffsetPolicy::Latest, at);
             s.targets["billing-lag"].clone()
@@ -307,7 +500,7 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(1_000);
         let mut c = Collected::default();
         c.topics.insert("orders".into(), vec![Watermarks { log_start: 0, log_end: 1_000 }; 12]);
-        let mut g = GroupState { members: Some(3), ..GroupState::default() };
+        let mut g = GroupState { members: Some(vec![Member::default(); 3]), ..GroupState::default() };
         g.commits.insert("orders".into(), (0..12).map(|p| (p, 0)).collect());
         c.groups.insert("billing".into(), g);
         let mut t = (*target(OffsetPolicy::Latest)).clone();

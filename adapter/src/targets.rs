@@ -13,6 +13,8 @@ use crate::lag::OffsetPolicy;
 /// Metric names served for every group; targets may not take them.
 pub const LAG_METRIC: &str = "kafka_consumergroup_lag";
 pub const LAG_SECONDS_METRIC: &str = "kafka_consumergroup_lag_seconds";
+/// Backlog of share groups (KIP-932), per share group and topic.
+pub const SHARE_LAG_METRIC: &str = "kafka_sharegroup_lag";
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -48,9 +50,24 @@ pub struct Target {
     /// so in the value too. Unset: no activation, the lag is served as it is.
     #[serde(default)]
     pub activation_lag: Option<u64>,
+    /// What a group Kafka does not know means: a 404 naming it (`reject`, the default: a typo
+    /// in the group name must not scale workloads), or an empty group (`empty`: for a group
+    /// whose workers have not started yet, or scaled to zero long enough for Kafka to expire
+    /// it).
+    #[serde(default)]
+    pub missing_group: MissingGroup,
     /// Namespaces that may read this metric; empty means any.
     #[serde(default)]
     pub namespaces: Vec<String>,
+}
+
+/// What a target whose group Kafka does not know serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingGroup {
+    #[default]
+    Reject,
+    Empty,
 }
 
 fn yes() -> bool {
@@ -91,7 +108,7 @@ impl TargetsFile {
             if !is_valid_metric_name(&t.name) {
                 return Err(format!("{at}: name must be 1-253 characters of [A-Za-z0-9_.-]"));
             }
-            if t.name == LAG_METRIC || t.name == LAG_SECONDS_METRIC {
+            if [LAG_METRIC, LAG_SECONDS_METRIC, SHARE_LAG_METRIC].contains(&t.name.as_str()) {
                 return Err(format!("{at}: name is reserved for the built-in metric"));
             }
             if !names.insert(t.name.as_str()) {
