@@ -264,11 +264,8 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
                 ),
             ));
         }
-        let timestamp = if lag.freshness.as_of == snapshot.collected_at {
-            timestamp
-        } else {
-            rfc3339(lag.freshness.as_of)
-        };
+        let timestamp =
+            if lag.freshness.as_of == snapshot.collected_at { timestamp } else { rfc3339(lag.freshness.as_of) };
         return target_answer(metric, lag, &selector, selector_text, &timestamp);
     }
 
@@ -324,7 +321,9 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
         if let Some(problem) = t.freshness.problem(now, state.config.max_snapshot_age) {
             let group = labels.get(group_label).copied().unwrap_or_default();
             let topic = labels.get("topic").copied().unwrap_or_default();
-            return Err(Status::unavailable(format!("lag of {kind} {group:?} on {topic:?} cannot be served: {problem}")));
+            return Err(Status::unavailable(format!(
+                "lag of {kind} {group:?} on {topic:?} cannot be served: {problem}"
+            )));
         }
     }
     let stamp = |t: &crate::snapshot::TopicLag| {
@@ -536,8 +535,12 @@ mod tests {
     }
 
     fn snapshot(groups: &[(&str, &str, u64)], at: SystemTime) -> Snapshot {
-        let mut s =
-            Snapshot { collected_at: at, groups: BTreeMap::new(), share_groups: BTreeMap::new(), targets: BTreeMap::new() };
+        let mut s = Snapshot {
+            collected_at: at,
+            groups: BTreeMap::new(),
+            share_groups: BTreeMap::new(),
+            targets: BTreeMap::new(),
+        };
         let fresh = crate::snapshot::Freshness::fresh(at);
         for (group, topic, lag) in groups {
             s.groups

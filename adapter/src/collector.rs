@@ -17,11 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Buf;
 use kafka_protocol::messages::{
-    BrokerId, ConsumerGroupDescribeRequest, DescribeGroupsRequest, DescribeShareGroupOffsetsRequest,
-    FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetFetchRequest,
-    ShareGroupDescribeRequest, TopicName,
+    BrokerId, ConsumerGroupDescribeRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, ShareGroupDescribeRequest, TopicName,
     consumer_protocol_assignment::ConsumerProtocolAssignment,
-    describe_share_group_offsets_request::DescribeShareGroupOffsetsRequestGroup,
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
     offset_fetch_request::OffsetFetchRequestGroup,
 };
@@ -32,6 +30,7 @@ use crate::error::KafkaError;
 use crate::filters::Filters;
 use crate::kafka_security::KafkaSecurity;
 use crate::lag::Watermarks;
+use crate::share_offsets::DescribeShareGroupOffsets;
 use crate::wire::Connection;
 
 /// ListOffsets special timestamps.
@@ -181,6 +180,10 @@ pub struct ShareGroupState {
     pub members: Option<u32>,
     /// topic -> partition -> share-partition start offset.
     pub start_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// topic -> partition -> the broker's share-partition lag, where it reports one
+    /// (DescribeShareGroupOffsets v1, Kafka 4.2+): exact, where the start offset over-counts
+    /// acknowledged records above the first unacknowledged one.
+    pub lags: BTreeMap<String, BTreeMap<i32, i64>>,
     pub stale: Option<Stale>,
 }
 
@@ -453,8 +456,10 @@ impl Collector {
                     .cloned()
                     .collect();
                 if !described.is_empty() {
-                    let kinds: Vec<(String, GroupProtocol)> =
-                        described.iter().map(|g| (g.clone(), groups.get(g).map(|s| s.protocol).unwrap_or_default())).collect();
+                    let kinds: Vec<(String, GroupProtocol)> = described
+                        .iter()
+                        .map(|g| (g.clone(), groups.get(g).map(|s| s.protocol).unwrap_or_default()))
+                        .collect();
                     match self.describe(coordinator, &kinds).await {
                         Ok(found) => {
                             for (group, result) in found {
@@ -565,8 +570,10 @@ impl Collector {
         for g in &share_names {
             if !share_groups.contains_key(g) && target_groups.contains(g) {
                 let reason = group_errors.get(g).cloned().unwrap_or_else(|| "not described yet".into());
-                share_groups
-                    .insert(g.clone(), ShareGroupState { stale: Some(Stale { last_good: None, reason }), ..Default::default() });
+                share_groups.insert(
+                    g.clone(),
+                    ShareGroupState { stale: Some(Stale { last_good: None, reason }), ..Default::default() },
+                );
             }
         }
         self.last_share_groups.retain(|g, _| share_groups.contains_key(g));
@@ -625,8 +632,7 @@ impl Collector {
                 continue;
             }
             for g in response.groups {
-                let Some(protocol) = GroupProtocol::from_listed(g.group_type.as_str(), g.protocol_type.as_str())
-                else {
+                let Some(protocol) = GroupProtocol::from_listed(g.group_type.as_str(), g.protocol_type.as_str()) else {
                     continue;
                 };
                 let state = (!g.group_state.is_empty()).then(|| g.group_state.as_str().to_owned());
@@ -792,11 +798,11 @@ impl Collector {
         coordinator: i32,
         groups: &[(String, GroupProtocol)],
     ) -> Result<Vec<(String, Result<Description, String>)>, KafkaError> {
-        let consumer_api = self.conn(coordinator).await?.version::<ConsumerGroupDescribeRequest>("ConsumerGroupDescribe", 1).ok();
-        let (first_consumer, first_classic): (Vec<_>, Vec<_>) = groups
-            .iter()
-            .map(|(g, _)| g.clone())
-            .partition(|g| consumer_api.is_some() && groups.iter().any(|(n, p)| n == g && *p == GroupProtocol::Consumer));
+        let consumer_api =
+            self.conn(coordinator).await?.version::<ConsumerGroupDescribeRequest>("ConsumerGroupDescribe", 1).ok();
+        let (first_consumer, first_classic): (Vec<_>, Vec<_>) = groups.iter().map(|(g, _)| g.clone()).partition(|g| {
+            consumer_api.is_some() && groups.iter().any(|(n, p)| n == g && *p == GroupProtocol::Consumer)
+        });
         let mut out = Vec::new();
         let mut then_classic = first_classic;
         if let Some(version) = consumer_api
@@ -935,41 +941,38 @@ impl Collector {
         target_groups: &BTreeSet<String>,
     ) -> Result<Vec<(String, Result<ShareGroupState, String>)>, KafkaError> {
         let conn = self.conn(coordinator).await?;
-        let version = conn.version::<DescribeShareGroupOffsetsRequest>("DescribeShareGroupOffsets", 0)?;
-        let request = DescribeShareGroupOffsetsRequest::default().with_groups(
-            groups
-                .iter()
-                .map(|g| DescribeShareGroupOffsetsRequestGroup::default().with_group_id(GroupId(sb(g))).with_topics(None))
-                .collect(),
-        );
-        let response = conn.send(&request, version).await?;
+        let version = conn.version::<DescribeShareGroupOffsets>("DescribeShareGroupOffsets", 1)?;
+        let response = conn.send(&DescribeShareGroupOffsets { groups: groups.to_vec() }, version).await?;
         self.count("DescribeShareGroupOffsets");
         let mut states: BTreeMap<String, Result<ShareGroupState, String>> = BTreeMap::new();
         for g in response.groups {
-            let name = g.group_id.0.as_str().to_owned();
             let result = match g.error_code {
                 0 | GROUP_ID_NOT_FOUND => {
-                    let mut start_offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+                    let mut state = ShareGroupState::default();
                     for t in &g.topics {
-                        for p in &t.partitions {
+                        for p in t.partitions.iter().filter(|p| p.error_code == 0) {
                             // -1: the share-partition is not initialised yet (nothing consumed).
-                            if p.error_code == 0 && p.start_offset >= 0 {
-                                start_offsets
-                                    .entry(t.topic_name.0.as_str().to_owned())
+                            if p.start_offset >= 0 {
+                                state
+                                    .start_offsets
+                                    .entry(t.topic_name.clone())
                                     .or_default()
                                     .insert(p.partition_index, p.start_offset);
                             }
+                            if p.lag >= 0 {
+                                state.lags.entry(t.topic_name.clone()).or_default().insert(p.partition_index, p.lag);
+                            }
                         }
                     }
-                    Ok(ShareGroupState { start_offsets, ..ShareGroupState::default() })
+                    Ok(state)
                 }
                 code => {
-                    let e = KafkaError::broker("DescribeShareGroupOffsets", code, format!("group {name}"));
+                    let e = KafkaError::broker("DescribeShareGroupOffsets", code, format!("group {}", g.group_id));
                     self.failed(&e);
                     Err(e.to_string())
                 }
             };
-            states.insert(name, result);
+            states.insert(g.group_id, result);
         }
         let described: Vec<String> = groups.iter().filter(|g| target_groups.contains(*g)).cloned().collect();
         if !described.is_empty() {
@@ -1036,9 +1039,7 @@ impl Collector {
                                 Ok(log_start) => {
                                     let key = (topic, partition);
                                     let Some(log_end) = ends.get(&key).copied() else { continue };
-                                    if let Some(slot) =
-                                        topics.get_mut(&key.0).and_then(|v| v.get_mut(key.1 as usize))
-                                    {
+                                    if let Some(slot) = topics.get_mut(&key.0).and_then(|v| v.get_mut(key.1 as usize)) {
                                         *slot = Watermarks { log_start, log_end };
                                         read.insert(key);
                                     }

@@ -67,7 +67,10 @@ impl Filters {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.groups_allow.is_none() && self.groups_deny.is_none() && self.topics_allow.is_none() && self.topics_deny.is_none()
+        self.groups_allow.is_none()
+            && self.groups_deny.is_none()
+            && self.topics_allow.is_none()
+            && self.topics_deny.is_none()
     }
 }
 

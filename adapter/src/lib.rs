@@ -25,6 +25,7 @@ pub mod record;
 pub mod scram;
 pub mod selector;
 pub mod server;
+pub mod share_offsets;
 pub mod snapshot;
 pub mod status;
 pub mod targets;

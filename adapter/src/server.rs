@@ -50,7 +50,9 @@ pub async fn run(
         tracing::info!(keys = ?security.ignored, "Kafka properties the adapter does not use (consumer or producer settings)");
     }
     tracing::info!(protocol = security.protocol(), sasl = ?security.sasl.as_ref().map(|s| s.mechanism.name()), "Kafka client security");
-    let collector = Collector::new(config.bootstrap_servers.clone(), config.kafka_timeout).with_security(security).with_filters(config.filters());
+    let collector = Collector::new(config.bootstrap_servers.clone(), config.kafka_timeout)
+        .with_security(security)
+        .with_filters(config.filters());
     let poller_config = PollerConfig {
         interval: config.poll_interval,
         cycle_timeout: config.cycle_timeout,

@@ -200,8 +200,10 @@ fn topic_lag(
     now: f64,
     base: &Freshness,
     stale_partitions: &BTreeMap<(String, i32), Stale>,
+    reported: Option<&BTreeMap<i32, i64>>,
 ) -> TopicLag {
-    let mut out = TopicLag { lag: 0, lag_seconds: 0.0, partitions: Vec::with_capacity(marks.len()), freshness: base.clone() };
+    let mut out =
+        TopicLag { lag: 0, lag_seconds: 0.0, partitions: Vec::with_capacity(marks.len()), freshness: base.clone() };
     if !stale_partitions.is_empty() {
         for ((_, p), stale) in stale_partitions.range((topic.to_owned(), i32::MIN)..=(topic.to_owned(), i32::MAX)) {
             out.freshness.note(&format!("{topic}/{p}"), stale);
@@ -210,10 +212,18 @@ fn topic_lag(
     for (p, m) in marks.iter().enumerate() {
         let partition = p as i32;
         let committed = commits.and_then(|c| c.get(&partition)).copied();
-        let lag = partition_lag(committed, *m, policy);
-        // Where the consumer would start: its commit, else what the policy says.
-        let from = committed
-            .map_or(if policy == OffsetPolicy::Earliest { m.log_start } else { m.log_end }, |c| c.max(m.log_start));
+        // The broker's own lag where it reports one (share groups), else from the offsets.
+        let lag = match reported.and_then(|r| r.get(&partition)) {
+            Some(&l) => u64::try_from(l.min(m.log_end.saturating_sub(m.log_start))).unwrap_or(0),
+            None => partition_lag(committed, *m, policy),
+        };
+        // Where the consumer would start (its commit, else what the policy says); with a
+        // reported lag, the oldest record still waiting.
+        let from = match reported.and_then(|r| r.get(&partition)) {
+            Some(_) => m.log_end.saturating_sub(lag as i64),
+            None => committed
+                .map_or(if policy == OffsetPolicy::Earliest { m.log_start } else { m.log_end }, |c| c.max(m.log_start)),
+        };
         let lag_seconds = if lag == 0 { 0.0 } else { histories.lag_seconds(topic, partition, from, m.log_end, now) };
         out.lag += lag;
         out.lag_seconds = out.lag_seconds.max(lag_seconds);
@@ -256,15 +266,25 @@ impl Snapshot {
         let stale_partitions = &collected.stale_partitions;
         // Lag of every topic a group (or share group) has offsets on: commits on a topic that no
         // longer exists have nothing to lag behind.
-        let lags = |offsets: &BTreeMap<String, BTreeMap<i32, i64>>, base: &Freshness, histories: &Histories| {
+        type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
+        let lags = |offsets: &Offsets, reported: Option<&Offsets>, base: &Freshness, histories: &Histories| {
             offsets
                 .iter()
                 .filter_map(|(topic, commits)| {
                     let marks = collected.topics.get(topic)?;
-                    Some((
-                        topic.clone(),
-                        topic_lag(topic, marks, Some(commits), default_policy, histories, now, base, stale_partitions),
-                    ))
+                    let reported = reported.and_then(|r| r.get(topic));
+                    let lag = topic_lag(
+                        topic,
+                        marks,
+                        Some(commits),
+                        default_policy,
+                        histories,
+                        now,
+                        base,
+                        stale_partitions,
+                        reported,
+                    );
+                    Some((topic.clone(), lag))
                 })
                 .collect::<BTreeMap<String, TopicLag>>()
         };
@@ -272,7 +292,7 @@ impl Snapshot {
         let mut groups = BTreeMap::new();
         for (name, state) in &collected.groups {
             let freshness = group_freshness(name, state.stale.as_ref(), at);
-            let topics = lags(&state.commits, &freshness, histories);
+            let topics = lags(&state.commits, None, &freshness, histories);
             let mut whole = freshness;
             for t in topics.values() {
                 whole.merge(&t.freshness);
@@ -292,7 +312,7 @@ impl Snapshot {
         let mut share_groups = BTreeMap::new();
         for (name, state) in &collected.share_groups {
             let freshness = group_freshness(name, state.stale.as_ref(), at);
-            let topics = lags(&state.start_offsets, &freshness, histories);
+            let topics = lags(&state.start_offsets, Some(&state.lags), &freshness, histories);
             let mut whole = freshness;
             for t in topics.values() {
                 whole.merge(&t.freshness);
@@ -313,10 +333,13 @@ impl Snapshot {
         let mut target_lags = BTreeMap::new();
         for target in targets {
             let name = &target.consumer_group;
-            // A share group's consumers share partitions: its backlog counts from the
-            // share-partition start offsets, and there is no partition cap.
+            // A share group's consumers share partitions: its backlog is the broker's
+            // share-partition lag (else from the start offsets), and there is no partition cap.
+            let reported = collected.share_groups.get(name).map(|s| &s.lags);
             let (offsets, members, protocol, exists, stale) = match collected.share_groups.get(name) {
-                Some(share) => (Some(&share.start_offsets), share.members, GroupProtocol::Share, true, share.stale.as_ref()),
+                Some(share) => {
+                    (Some(&share.start_offsets), share.members, GroupProtocol::Share, true, share.stale.as_ref())
+                }
                 None => {
                     let group = collected.groups.get(name);
                     (
@@ -345,6 +368,7 @@ impl Snapshot {
                             now,
                             &base,
                             stale_partitions,
+                            reported.and_then(|r| r.get(topic)),
                         );
                         freshness.merge(&lag.freshness);
                         topics.insert(topic.clone(), lag);
@@ -441,7 +465,11 @@ mod tests {
             vec![Watermarks { log_start: 0, log_end: 100 }, Watermarks { log_start: 40, log_end: 90 }],
         );
         c.topics.insert("idle".into(), vec![Watermarks { log_start: 0, log_end: 0 }]);
-        let mut g = GroupState { state: Some("Stable".into()), members: Some(vec![Member::default()]), ..GroupState::default() };
+        let mut g = GroupState {
+            state: Some("Stable".into()),
+            members: Some(vec![Member::default()]),
+            ..GroupState::default()
+        };
         g.commits.insert("orders".into(), BTreeMap::from([(0, 60)]));
         g.commits.insert("gone".into(), BTreeMap::from([(0, 5)]));
         c.groups.insert("billing".into(), g);

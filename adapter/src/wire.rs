@@ -286,6 +286,7 @@ mod anyhow_like {
 
 pub fn api_name(key: i16) -> &'static str {
     match key {
+        1 => "Fetch",
         2 => "ListOffsets",
         3 => "Metadata",
         9 => "OffsetFetch",
@@ -295,6 +296,9 @@ pub fn api_name(key: i16) -> &'static str {
         17 => "SaslHandshake",
         18 => "ApiVersions",
         36 => "SaslAuthenticate",
+        69 => "ConsumerGroupDescribe",
+        77 => "ShareGroupDescribe",
+        90 => "DescribeShareGroupOffsets",
         _ => "other",
     }
 }

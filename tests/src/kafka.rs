@@ -307,7 +307,8 @@ pub async fn create_topic(endpoint: &impl KafkaEndpoint, name: &str, partitions:
 /// Creates `name` with the replicas of each partition placed as given (node ids, the first one
 /// leads), and waits until every partition has a leader.
 pub async fn create_topic_on(endpoint: &impl KafkaEndpoint, name: &str, replicas: &[&[i32]]) -> Result<()> {
-    let topic = NewTopic::new(name, i32::try_from(replicas.len()).unwrap_or(i32::MAX), TopicReplication::Variable(replicas));
+    let topic =
+        NewTopic::new(name, i32::try_from(replicas.len()).unwrap_or(i32::MAX), TopicReplication::Variable(replicas));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin(endpoint)?.create_topics([&topic], &options).await? {
         result.map_err(|(topic, code)| Error::Other(format!("create topic {topic}: {code}")))?;
