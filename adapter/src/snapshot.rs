@@ -93,8 +93,8 @@ impl Freshness {
         let age = now.duration_since(self.as_of).unwrap_or_default();
         (age > max_age).then(|| {
             format!(
-                "part of it was last read {}s ago, more than the {}s allowed: {}",
-                age.as_secs(),
+                "part of it was last read {:.1}s ago, more than the {}s allowed: {}",
+                age.as_secs_f64(),
                 max_age.as_secs(),
                 what()
             )
