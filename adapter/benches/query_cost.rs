@@ -6,6 +6,10 @@
 //! - one collection cycle at 200 groups x 1,000 partitions, with Kafka requests per cycle;
 //! - RSS of the adapter process at that scale.
 //!
+//! - with BENCH_FILTERS=1, the cycle and the adapter's RSS with and without group and topic
+//!   filters, side by side (run at 200 groups x 1,000 partitions all-on-all: 200,000
+//!   group-partitions).
+//!
 //! Figures are printed with the targets beside them; nothing is asserted (shared machines are
 //! noisy). Run: scripts/bench-adapter.sh (one broker, then the cycle alone on three). Scale:
 //! BENCH_BROKERS (1, or 3: a replicated cluster), BENCH_CYCLE_ONLY (0; 1 stops after the
@@ -83,6 +87,135 @@ impl KafkaEndpoint for Kafka {
     }
 }
 
+/// Groups allowed: a quarter of them (group-000 .. group-049 of 200); topics: the even ones.
+const GROUPS_ALLOW: &str = "group-0[0-4][0-9]";
+const TOPICS_DENY: &str = "topic-[0-9]{2}[13579]";
+
+/// The adapter, as its own release process, polling every 2 s with `extra` flags: returns its
+/// process and metrics port once it has run `cycles` cycles.
+async fn adapter_process(
+    broker: &Kafka,
+    run: &RunDir,
+    name: &str,
+    extra: &[&str],
+    cycles: f64,
+) -> (ServiceProcess, u16) {
+    let api = free_port().expect("port");
+    let metrics_port = free_port().expect("port");
+    let mut args: Vec<OsString> = [
+        "--bootstrap-servers",
+        &broker.bootstrap(),
+        "--listen",
+        &format!("127.0.0.1:{api}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics_port}"),
+        "--poll-interval",
+        "2s",
+        "--kafka-timeout",
+        "5s",
+        "--insecure-no-auth",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.extend(extra.iter().map(OsString::from));
+    let process =
+        ServiceProcess::spawn(name, env!("CARGO_BIN_EXE_lag-adapter").as_ref(), args, &run.sub(name).expect("dir"))
+            .expect("adapter");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+        let text = match text {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if metric_sum(&text, "lagscale_poll_duration_seconds_count") >= cycles {
+            return (process, metrics_port);
+        }
+        assert!(Instant::now() < deadline, "{name}: {cycles} cycles within 120 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The cost of a cycle and the adapter's memory, without and with filters, in one run.
+async fn filters_side_by_side(broker: &Kafka, run: &RunDir, groups: usize) {
+    lag_adapter::tls::install_crypto_provider();
+    let bootstrap: Vec<String> = broker.bootstrap().split(',').map(str::to_owned).collect();
+    let none = BTreeSet::new();
+    let filters =
+        lag_adapter::filters::Filters::new(Some(GROUPS_ALLOW), None, None, Some(TOPICS_DENY)).expect("filters");
+    let mut plain = Collector::new(bootstrap.clone(), Duration::from_secs(10));
+    let mut filtered = Collector::new(bootstrap, Duration::from_secs(10)).with_filters(filters);
+    for c in [&mut plain, &mut filtered] {
+        c.collect(&none, &none).await.expect("warm-up cycle");
+    }
+    let mut rows = Vec::new();
+    for (name, collector) in [("unfiltered", &mut plain), ("filtered", &mut filtered)] {
+        let mut times = Vec::new();
+        let mut build = Vec::new();
+        let mut last = None;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let c = collector.collect(&none, &none).await.expect("cycle");
+            times.push(t.elapsed());
+            let t = Instant::now();
+            let s = Snapshot::build(
+                &c,
+                &mut Histories::new(60),
+                &[],
+                &Default::default(),
+                OffsetPolicy::Latest,
+                SystemTime::now(),
+            );
+            build.push(t.elapsed());
+            let series: usize = s.groups.values().map(|g| g.topics.len()).sum();
+            let group_partitions: usize = c.groups.values().flat_map(|g| g.commits.values()).map(|p| p.len()).sum();
+            last = Some((c.requests.values().sum::<u64>(), s.groups.len(), series, group_partitions));
+        }
+        times.sort();
+        build.sort();
+        let (requests, kept, series, group_partitions) = last.expect("cycles ran");
+        println!(
+            "filters:  {name:<10} cycle p50 {:>8.1?}  snapshot build p50 {:>8.1?}  {requests} Kafka requests  {kept}/{groups} groups  {group_partitions} group-partitions  {series} exported series",
+            times[2], build[2]
+        );
+        rows.push(times[2]);
+    }
+    let (plain_process, plain_port) = adapter_process(broker, run, "adapter-unfiltered", &[], 5.0).await;
+    let (filtered_process, filtered_port) = adapter_process(
+        broker,
+        run,
+        "adapter-filtered",
+        &["--groups-allow", GROUPS_ALLOW, "--topics-deny", TOPICS_DENY],
+        5.0,
+    )
+    .await;
+    for (name, process, port) in
+        [("unfiltered", &plain_process, plain_port), ("filtered", &filtered_process, filtered_port)]
+    {
+        let pid = process.pid().expect("pid");
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let cycles = metric_sum(&text, "lagscale_poll_duration_seconds_count");
+        let mean = metric_sum(&text, "lagscale_poll_duration_seconds_sum") / cycles.max(1.0);
+        let lines = text.lines().filter(|l| l.starts_with("lagscale_consumergroup_lag{")).count();
+        println!(
+            "filters:  {name:<10} adapter RSS {:.1} MiB (peak {:.1} MiB), {cycles:.0} cycles of mean {:.1} ms, {lines} lag series in /metrics",
+            status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0,
+            status_kib(pid, "VmHWM").unwrap_or(0) as f64 / 1024.0,
+            mean * 1e3
+        );
+    }
+    println!(
+        "filters:  cycle filtered / unfiltered = {:.2} (groups allow {GROUPS_ALLOW:?}, topics deny {TOPICS_DENY:?})",
+        rows[1].as_secs_f64() / rows[0].as_secs_f64().max(1e-9)
+    );
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets" } else { "MISSES" }
 }
@@ -146,6 +279,10 @@ async fn main() {
     );
 
     if env_or("BENCH_CYCLE_ONLY", 0) == 1 {
+        return;
+    }
+    if env_or("BENCH_FILTERS", 0) == 1 {
+        filters_side_by_side(&broker, &run, groups).await;
         return;
     }
 

@@ -107,7 +107,24 @@ pub fn router(state: ApiState, delegation: Option<Arc<crate::delegation::Delegat
         Some(d) => router.layer(middleware::from_fn_with_state(d, crate::delegation::guard)),
         None => router,
     };
-    router.layer(middleware::from_fn_with_state(state.clone(), observe)).with_state(state)
+    router
+        .layer(middleware::from_fn(require_one_host))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without a Host header, or with more than one,
+/// is answered 400 (hyper passes them through). HTTP/2 carries `:authority` instead, and
+/// HTTP/1.0 predates Host.
+pub async fn require_one_host(request: Request, next: Next) -> Response {
+    if request.version() == axum::http::Version::HTTP_11 {
+        let hosts = request.headers().get_all(header::HOST).iter().count();
+        if hosts != 1 {
+            let what = if hosts == 0 { "no Host header" } else { "more than one Host header" };
+            return Status::bad_request(format!("HTTP/1.1 request with {what} (RFC 9112 section 3.2)")).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Counts every request by route template (bounded cardinality) and code, and times it.
@@ -507,6 +524,7 @@ pub fn metrics_router(state: ApiState) -> Router {
                 response
             }),
         )
+        .layer(middleware::from_fn(require_one_host))
         .with_state(state)
 }
 

@@ -345,7 +345,10 @@ fn front_proxy_user(headers: &HeaderMap, config: &RequestHeader) -> Option<User>
 pub struct Authenticator {
     trust: Arc<RwLock<Arc<Trust>>>,
     client: kube::Client,
+    /// Accepted tokens, and rejected ones apart: a flood of bad tokens churns only its own
+    /// cache, never the answers of the identities that work.
     tokens: TtlCache<[u8; 32], Outcome>,
+    rejected: TtlCache<[u8; 32], Outcome>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -355,8 +358,19 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(trust: Arc<RwLock<Arc<Trust>>>, client: kube::Client, ttl: Duration) -> Self {
-        Self { trust, client, tokens: TtlCache::new(ttl, 10_000) }
+    pub fn new(
+        trust: Arc<RwLock<Arc<Trust>>>,
+        client: kube::Client,
+        ttl: Duration,
+        capacity: usize,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        Self {
+            trust,
+            client,
+            tokens: TtlCache::new(ttl, capacity, metrics.auth_cache("tokens")),
+            rejected: TtlCache::new(ttl, (capacity / 10).max(1), metrics.auth_cache("rejected_tokens")),
+        }
     }
 
     fn current(&self) -> Arc<Trust> {
@@ -408,7 +422,7 @@ impl Authenticator {
     async fn review(&self, token: &str) -> Result<Outcome, AuthError> {
         let mut key = [0u8; 32];
         key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
-        if let Some(hit) = self.tokens.get(&key) {
+        if let Some(hit) = self.tokens.get(&key).or_else(|| self.rejected.get(&key)) {
             return Ok(hit);
         }
         let review = TokenReview {
@@ -430,7 +444,10 @@ impl Authenticator {
             }),
             _ => Outcome::Invalid(status.error.unwrap_or_else(|| "token not accepted".into())),
         };
-        self.tokens.put(key, outcome.clone());
+        match outcome {
+            Outcome::Token(_) => self.tokens.put(key, outcome.clone()),
+            _ => self.rejected.put(key, outcome.clone()),
+        }
         Ok(outcome)
     }
 }

@@ -72,8 +72,8 @@ impl std::fmt::Debug for Authorizer {
 }
 
 impl Authorizer {
-    pub fn new(client: kube::Client, ttl: Duration) -> Self {
-        Self { client, decisions: TtlCache::new(ttl, 10_000) }
+    pub fn new(client: kube::Client, ttl: Duration, capacity: usize, metrics: &crate::metrics::Metrics) -> Self {
+        Self { client, decisions: TtlCache::new(ttl, capacity, metrics.auth_cache("authorizations")) }
     }
 
     pub async fn authorize(&self, user: &User, attributes: &Attributes) -> Result<Decision, AuthError> {

@@ -147,6 +147,11 @@ pub struct Config {
     #[arg(long, env = "LAGSCALE_AUTH_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub auth_cache_ttl: Duration,
 
+    /// Entries kept per delegated-auth cache (accepted tokens, authorization decisions;
+    /// rejected tokens get a tenth): the least recently used go first when full.
+    #[arg(long, env = "LAGSCALE_AUTH_CACHE_SIZE", default_value_t = 10_000)]
+    pub auth_cache_size: usize,
+
     /// How often kube-system/extension-apiserver-authentication is re-read.
     #[arg(long, env = "LAGSCALE_AUTH_CONFIG_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub auth_config_refresh: Duration,
@@ -187,6 +192,9 @@ impl Config {
                 self.max_snapshot_age,
                 self.poll_interval * 2
             ));
+        }
+        if self.auth_cache_size == 0 {
+            return fail("--auth-cache-size must be at least 1".into());
         }
         if self.history_points < 2 {
             return fail("--history-points must be at least 2 to interpolate".into());

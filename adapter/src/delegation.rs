@@ -58,11 +58,16 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, AuthError
 
 impl Delegation {
     /// Connects and loads the authentication settings once; fails with what is missing.
-    pub async fn start(client: kube::Client, cache_ttl: Duration, metrics: Metrics) -> Result<Self, AuthError> {
+    pub async fn start(
+        client: kube::Client,
+        cache_ttl: Duration,
+        cache_size: usize,
+        metrics: Metrics,
+    ) -> Result<Self, AuthError> {
         let trust = Arc::new(RwLock::new(Arc::new(Trust::default())));
         let delegation = Self {
-            authenticator: Authenticator::new(Arc::clone(&trust), client.clone(), cache_ttl),
-            authorizer: Authorizer::new(client.clone(), cache_ttl),
+            authenticator: Authenticator::new(Arc::clone(&trust), client.clone(), cache_ttl, cache_size, &metrics),
+            authorizer: Authorizer::new(client.clone(), cache_ttl, cache_size, &metrics),
             client_certificates: Arc::new(ClientCertificates::new(Arc::clone(&trust))),
             trust,
             client,

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub authentications: IntCounterVec,
     pub authorizations: IntCounterVec,
     pub auth_config_loads: IntCounterVec,
+    pub auth_cache_entries: IntGaugeVec,
+    pub auth_cache_evictions: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -133,6 +135,20 @@ impl Metrics {
             ),
             &["result"],
         ));
+        let auth_cache_entries = must(IntGaugeVec::new(
+            Opts::new(
+                "lagscale_auth_cache_entries",
+                "Entries in the delegated-auth caches (tokens, rejected_tokens, authorizations).",
+            ),
+            &["cache"],
+        ));
+        let auth_cache_evictions = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_auth_cache_evictions_total",
+                "Least recently used entries evicted from a full delegated-auth cache, by cache.",
+            ),
+            &["cache"],
+        ));
         for c in [
             Box::new(consumergroup_lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(consumergroup_lag_seconds.clone()),
@@ -151,6 +167,8 @@ impl Metrics {
             Box::new(authentications.clone()),
             Box::new(authorizations.clone()),
             Box::new(auth_config_loads.clone()),
+            Box::new(auth_cache_entries.clone()),
+            Box::new(auth_cache_evictions.clone()),
         ] {
             must(registry.register(c));
         }
@@ -173,10 +191,20 @@ impl Metrics {
             authentications,
             authorizations,
             auth_config_loads,
+            auth_cache_entries,
+            auth_cache_evictions,
         }
     }
 
     /// Replaces the per-group series with the snapshot's, so vanished groups disappear.
+    /// The series of one delegated-auth cache.
+    pub fn auth_cache(&self, cache: &str) -> crate::cache::CacheMetrics {
+        crate::cache::CacheMetrics {
+            entries: self.auth_cache_entries.with_label_values(&[cache]),
+            evictions: self.auth_cache_evictions.with_label_values(&[cache]),
+        }
+    }
+
     pub fn publish(&self, snapshot: &Snapshot) {
         self.consumergroup_lag.reset();
         self.consumergroup_lag_seconds.reset();

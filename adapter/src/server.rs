@@ -76,7 +76,10 @@ pub async fn run(
             None
         }
         (Some(client), false) => {
-            let d = Arc::new(Delegation::start(client.clone(), config.auth_cache_ttl, metrics.clone()).await?);
+            let d = Arc::new(
+                Delegation::start(client.clone(), config.auth_cache_ttl, config.auth_cache_size, metrics.clone())
+                    .await?,
+            );
             tokio::spawn(Arc::clone(&d).follow(config.auth_config_refresh, stop_rx.clone()));
             Some(d)
         }

@@ -171,6 +171,15 @@ async fn hostile_requests_get_4xx_and_the_adapter_keeps_serving() {
         ("bad chunked body".into(), format!("POST {LAG} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n").into_bytes()),
         ("conflicting lengths".into(), format!("POST {LAG} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabc").into_bytes()),
     ];
+    // RFC 9112: exactly one Host in HTTP/1.1.
+    let no_host = format!("GET {LAG}?labelSelector=consumergroup%3Dbilling HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let two_hosts = format!(
+        "GET {LAG}?labelSelector=consumergroup%3Dbilling HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(api, no_host.as_bytes()).await, 400, "no Host");
+    assert_eq!(raw(api, two_hosts.as_bytes()).await, 400, "two Hosts");
+    let http10 = format!("GET {LAG}?labelSelector=consumergroup%3Dbilling HTTP/1.0\r\n\r\n");
+    assert_eq!(raw(api, http10.as_bytes()).await, 200, "HTTP/1.0 has no Host requirement");
     cases.push(("unknown group".into(), get(format!("{LAG}?labelSelector=consumergroup%3Dghost").as_bytes())));
     let mut report = Vec::new();
     for (name, request) in &cases {

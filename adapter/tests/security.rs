@@ -225,3 +225,70 @@ subjects: [{kind: ServiceAccount, name: reader, namespace: default}]
     }
     adapter.stop().await;
 }
+
+/// A flood of distinct bad bearer tokens churns only the cache of rejected tokens: the HPA
+/// controller's accepted token and its authorization decision stay cached, and the caches stay
+/// within their bounds (evicting the least recently used, one at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_leaves_the_hpa_controllers_cached_answers() {
+    let run = RunDir::new("security-flood").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    broker.create_topic("orders", 2).await.expect("topic");
+    produce(&broker, "orders", &[0, 1], 5).await;
+    commit(&broker, "billing", &[("orders", 0, 0), ("orders", 1, 0)]);
+    let cluster = ControlPlane::start(&run, ControlPlaneOptions::default()).await.expect("control plane");
+    let serving = Ca::new("flood-serving-ca").expect("ca");
+    let (cert, key) = serving
+        .issue(&Leaf::server("lag-adapter", &["localhost", "127.0.0.1"]))
+        .expect("cert")
+        .write(&run.sub("tls").expect("dir"), "serving")
+        .expect("write");
+    // 50 entries per cache (5 for rejected tokens), kept for longer than the test runs.
+    let adapter = delegated_adapter(
+        &cluster,
+        &run,
+        &broker.bootstrap(),
+        "127.0.0.1:0",
+        (&cert, &key),
+        &["--auth-cache-ttl", "5m", "--auth-cache-size", "50"],
+    )
+    .await;
+    let metric_path = selecting(LAG, "consumergroup=billing");
+    let anonymous = client(None);
+    let _ = cluster.kubectl(&["create", "serviceaccount", "horizontal-pod-autoscaler", "-n", "kube-system"]);
+    let hpa =
+        format!("Bearer {}", cluster.service_account_token("kube-system", "horizontal-pod-autoscaler").expect("t"));
+    let as_hpa = [("Authorization", hpa.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(&anonymous, &adapter, &metric_path, &as_hpa).await.expect("hpa");
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the HPA controller is let in: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    const FLOOD: usize = 500;
+    for i in 0..FLOOD {
+        let bad = format!("Bearer flood-{i:05}-not-a-token");
+        let (code, _) = get(&anonymous, &adapter, &metric_path, &[("Authorization", &bad)]).await.expect("bad token");
+        assert_eq!(code, 401, "bad token {i}");
+    }
+    let before = adapter.metrics_text().await;
+    let (code, body) = get(&anonymous, &adapter, &metric_path, &as_hpa).await.expect("hpa after the flood");
+    assert_eq!(code, 200, "{body}");
+    let after = adapter.metrics_text().await;
+    let cached = "lagscale_authorizations_total{decision=\"allowed\",source=\"cache\"}";
+    assert_eq!(metric(&after, cached) - metric(&before, cached), 1.0, "the HPA's decision came from the cache");
+    assert_eq!(metric(&after, "lagscale_auth_cache_entries{cache=\"tokens\"}"), 1.0, "the HPA's token is still cached");
+    assert_eq!(metric(&after, "lagscale_auth_cache_evictions_total{cache=\"tokens\"}"), 0.0);
+    assert_eq!(metric(&after, "lagscale_auth_cache_entries{cache=\"rejected_tokens\"}"), 5.0, "bounded");
+    assert_eq!(
+        metric(&after, "lagscale_auth_cache_evictions_total{cache=\"rejected_tokens\"}"),
+        (FLOOD - 5) as f64,
+        "each bad token past the bound evicted one older bad token"
+    );
+    assert!(metric(&after, "lagscale_auth_cache_entries{cache=\"authorizations\"}") <= 50.0);
+    adapter.stop().await;
+}
