@@ -162,3 +162,34 @@ async fn until_exact(
     }
     panic!("no exact cycle in {tries} tries: {last}");
 }
+
+/// Filters on the real broker: only allowed groups are fetched and only allowed topics are
+/// watched, while a target's group and topics are collected whatever the filters say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_bound_what_is_collected_but_never_targets() {
+    let run = RunDir::new("collector-filters").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    for t in ["orders", "scratch", "payments"] {
+        broker.create_topic(t, 1).await.expect("topic");
+        common::produce(&broker, t, &[0], 4).await;
+    }
+    common::commit(&broker, "team-a-billing", &[("orders", 0, 1), ("scratch", 0, 1)]);
+    common::commit(&broker, "team-a-load-test", &[("orders", 0, 2)]);
+    common::commit(&broker, "team-b", &[("payments", 0, 3)]);
+    let filters =
+        lag_adapter::filters::Filters::new(Some("team-a-.*"), Some(".*-test"), None, Some("scratch")).expect("filters");
+    let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3)).with_filters(filters);
+    let none = BTreeSet::new();
+    let c = collector.collect(&none, &none).await.expect("cycle");
+    assert_eq!(c.groups.keys().collect::<Vec<_>>(), vec!["team-a-billing"], "allowed and not denied");
+    assert_eq!(c.groups["team-a-billing"].commits.keys().collect::<Vec<_>>(), vec!["orders"], "scratch denied");
+    assert_eq!(c.topics.keys().collect::<Vec<_>>(), vec!["orders"], "only what an allowed group needs is watched");
+
+    // A target on a filtered group and a denied topic: collected all the same.
+    let groups = BTreeSet::from(["team-b".to_owned()]);
+    let topics = BTreeSet::from(["payments".to_owned(), "scratch".to_owned()]);
+    let c = collector.collect(&groups, &topics).await.expect("cycle");
+    assert_eq!(c.groups["team-b"].commits["payments"][&0], 3);
+    assert_eq!(c.topics["scratch"], vec![Watermarks { log_start: 0, log_end: 4 }]);
+    assert!(!c.groups.contains_key("team-a-load-test"));
+}
