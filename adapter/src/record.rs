@@ -51,6 +51,10 @@ pub struct Point {
     pub served: f64,
     pub total_lag: u64,
     pub members: Option<u32>,
+    /// The group's rebalance protocol (classic, consumer, share...).
+    pub protocol: crate::collector::GroupProtocol,
+    /// Inputs the cycle could not read (their last values are in this point).
+    pub stale_inputs: usize,
     /// The HPA's current replicas, when known from the cluster.
     pub replicas: Option<u32>,
     /// topic -> partition -> lag.
@@ -109,6 +113,8 @@ impl Recorder {
                 served: t.value.value.as_f64(),
                 total_lag: t.total_lag,
                 members: t.members,
+                protocol: t.protocol,
+                stale_inputs: t.freshness.stale_inputs,
                 replicas: replicas.get(name).copied(),
                 partitions: t
                     .topics
@@ -141,15 +147,23 @@ impl Recorder {
     }
 }
 
-/// `seconds,lag,replicas,served,members,unix_time`: seconds from the first point; replicas
-/// from the cluster, else the members, else empty.
+/// `seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs`: seconds from the
+/// first point; replicas from the cluster, else the members, else empty.
 pub fn csv(points: &[Point]) -> String {
     let start = points.first().map_or(0.0, |p| p.at);
-    let mut out = String::from("seconds,lag,replicas,served,members,unix_time\n");
+    let mut out = String::from("seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs\n");
     for p in points {
         let replicas = p.replicas.or(p.members).map_or_else(String::new, |r| r.to_string());
         let members = p.members.map_or_else(String::new, |m| m.to_string());
-        out.push_str(&format!("{:.1},{},{replicas},{},{members},{:.3}\n", p.at - start, p.total_lag, p.served, p.at));
+        out.push_str(&format!(
+            "{:.1},{},{replicas},{},{members},{:.3},{},{}\n",
+            p.at - start,
+            p.total_lag,
+            p.served,
+            p.at,
+            p.protocol.name(),
+            p.stale_inputs
+        ));
     }
     out
 }
@@ -220,6 +234,8 @@ mod tests {
             served: lag as f64,
             total_lag: lag,
             members,
+            protocol: crate::collector::GroupProtocol::Consumer,
+            stale_inputs: 0,
             replicas,
             partitions: BTreeMap::from([("orders".to_owned(), BTreeMap::from([(0, lag)]))]),
         }
@@ -230,10 +246,10 @@ mod tests {
         let text =
             csv(&[point(100.0, 5, Some(2), None), point(105.0, 7, Some(2), Some(3)), point(110.0, 9, None, None)]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time");
-        assert_eq!(lines[1], "0.0,5,2,5,2,100.000");
-        assert_eq!(lines[2], "5.0,7,3,7,2,105.000");
-        assert_eq!(lines[3], "10.0,9,,9,,110.000");
+        assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs");
+        assert_eq!(lines[1], "0.0,5,2,5,2,100.000,consumer,0");
+        assert_eq!(lines[2], "5.0,7,3,7,2,105.000,consumer,0");
+        assert_eq!(lines[3], "10.0,9,,9,,110.000,consumer,0");
         let json: serde_json::Value = serde_json::from_str(jsonl(&[point(1.0, 4, None, None)]).trim()).expect("json");
         assert_eq!(json["partitions"]["orders"]["0"], 4);
     }

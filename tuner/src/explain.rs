@@ -26,10 +26,10 @@ use serde::Serialize;
 
 use hpa_model::cap::CapApplied;
 use hpa_model::{Controller, Release, Spec, TargetType};
-use lag_adapter::collector::Collector;
+use lag_adapter::collector::{Collector, GroupProtocol};
 use lag_adapter::error::KafkaError;
 use lag_adapter::lag::OffsetPolicy;
-use lag_adapter::snapshot::{Histories, PartitionLag, Snapshot};
+use lag_adapter::snapshot::{Freshness, Histories, PartitionLag, Snapshot};
 use lag_adapter::targets::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,7 +74,13 @@ pub struct HpaView {
 pub struct Explanation {
     pub target: String,
     pub consumer_group: String,
+    /// The group's rebalance protocol, as Kafka lists it.
+    pub protocol: GroupProtocol,
+    /// Kafka knows the group (else the adapter answers 404, unless `missingGroup: empty`).
+    pub group_exists: bool,
     pub members: Option<u32>,
+    /// How current the last sample is: what the cycle could not read, if anything.
+    pub freshness: Freshness,
     pub samples: usize,
     pub window_seconds: f64,
     pub lag_per_replica: u64,
@@ -211,7 +217,10 @@ pub fn explain(
     Ok(Explanation {
         target: target.name.clone(),
         consumer_group: target.consumer_group.clone(),
+        protocol: last.protocol,
+        group_exists: last.group_exists,
         members: last.members,
+        freshness: last.freshness.clone(),
         samples: samples.len(),
         window_seconds,
         lag_per_replica: target.lag_per_replica,
@@ -240,13 +249,23 @@ pub fn explain(
 pub fn render(e: &Explanation) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "target {}  group {}  members {}  ({} samples over {:.0} s)\n",
+        "target {}  group {} ({} protocol)  members {}  ({} samples over {:.0} s)\n",
         e.target,
         e.consumer_group,
+        e.protocol.name(),
         e.members.map_or_else(|| "?".to_owned(), |m| m.to_string()),
         e.samples,
         e.window_seconds
     ));
+    if !e.group_exists {
+        out.push_str(&format!(
+            "group {} does not exist in Kafka: the adapter answers 404 for this target unless it sets `missingGroup: empty`\n",
+            e.consumer_group
+        ));
+    }
+    if !e.freshness.stale.is_empty() {
+        out.push_str(&format!("stale inputs ({}): {}\n", e.freshness.stale_inputs, e.freshness.stale.join("; ")));
+    }
     if !e.missing_topics.is_empty() {
         out.push_str(&format!("missing topics: {}\n", e.missing_topics.join(", ")));
     }

@@ -73,10 +73,18 @@ async fn explains_offsets_policies_statuses_and_the_hpa_on_a_real_broker() {
     assert!(e.total_lag > 400, "{}", e.total_lag);
     assert_eq!((e.served.as_str(), e.uncapped_replicas > 4), ("400", true));
     assert_eq!((e.hpa.current_replicas, e.hpa.desired_replicas, e.hpa.within_tolerance), (2, 4, false));
+    assert_eq!(e.protocol, lag_adapter::collector::GroupProtocol::Classic, "admin commits make a classic group");
     let text = render(&e);
     eprintln!("{text}");
-    for needle in ["STOP", "WARN", "earliest", "capped at partitions", "outside [0.900, 1.100]", "asks for 4 replicas"]
-    {
+    for needle in [
+        "(classic protocol)",
+        "STOP",
+        "WARN",
+        "earliest",
+        "capped at partitions",
+        "outside [0.900, 1.100]",
+        "asks for 4 replicas",
+    ] {
         assert!(text.contains(needle), "{needle} in:\n{text}");
     }
 
@@ -158,7 +166,7 @@ async fn records_what_was_served_and_exports_it_for_simulate() {
     let csv =
         reqwest::get(format!("{from}/record/orders-lag?format=csv")).await.expect("get").text().await.expect("text");
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time");
+    assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs");
     assert!(lines.len() >= 4, "{csv}");
     assert!(lines[1].starts_with("0.0,70,0,70,0,"), "{csv}");
     let jsonl =
@@ -214,4 +222,56 @@ async fn records_what_was_served_and_exports_it_for_simulate() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
     adapter.stop().await;
+}
+
+/// A healthy KIP-848 group (librdkafka `group.protocol=consumer`) that stopped committing is
+/// stalled, not stopped: its member is seen (ConsumerGroupDescribe), where DescribeGroups would
+/// have reported no member at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_protocol_group_is_seen_with_its_members() {
+    use rdkafka::Message;
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    let run = RunDir::new("explain-kip848").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    broker.create_topic("orders", 1).await.expect("topic");
+    produce(&broker, "orders", &[0], 100).await.expect("produce");
+    let mut config = lagscale_tests::KafkaEndpoint::client_config(&broker);
+    config
+        .set("group.id", "kip848")
+        .set("group.protocol", "consumer")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    config.remove("session.timeout.ms");
+    config.remove("heartbeat.interval.ms");
+    let consumer: Arc<StreamConsumer> = Arc::new(config.create().expect("consumer"));
+    consumer.subscribe(&["orders"]).expect("subscribe");
+    // The member commits offset 10 once, then keeps polling without committing.
+    let first = consumer.recv().await.expect("a message").detach();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("orders", first.partition(), rdkafka::Offset::Offset(10)).expect("tpl");
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    let polled = Arc::clone(&consumer);
+    let poller = tokio::spawn(async move {
+        loop {
+            let _ = polled.recv().await;
+        }
+    });
+
+    let file = TargetsFile::parse(
+        "targets:\n- {name: kip848-lag, consumerGroup: kip848, topics: [orders], lagPerReplica: 10}\n",
+        "test",
+    )
+    .expect("targets");
+    let target = Arc::new(file.targets[0].clone());
+    let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
+    let samples = sample(&mut collector, &target, 3, Duration::from_millis(300)).await.expect("samples");
+    let e = explain(&target, &samples, None, None).expect("explain");
+    assert_eq!(e.protocol, lag_adapter::collector::GroupProtocol::Consumer);
+    assert_eq!(e.members, Some(1), "the KIP-848 member is counted");
+    let p0 = &e.by_partition[0];
+    assert_eq!((p0.offsets.committed, p0.offsets.lag), (Some(10), 90));
+    assert_eq!(p0.status, Status::Stall, "a member and no commits: stalled, not stopped: {p0:?}");
+    let text = render(&e);
+    assert!(text.contains("(consumer protocol)") && text.contains("members 1"), "{text}");
+    poller.abort();
 }
