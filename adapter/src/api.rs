@@ -616,6 +616,7 @@ mod tests {
             cap_at_partitions: true,
             scale_up_tolerance: 0.1,
             activation_lag: None,
+            metric: crate::targets::TargetMetric::Lag,
             missing_group: crate::targets::MissingGroup::Reject,
             namespaces: vec![],
         };

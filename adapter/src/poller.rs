@@ -2,7 +2,6 @@
 //! wait on Kafka. When a cycle fails, the last good snapshot stays published (degraded mode);
 //! the API decides from its age whether to still serve it.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -105,11 +104,9 @@ pub async fn run(
             reload_targets(&shared, path, &mut targets_mtime, &metrics);
         }
         let targets = shared.targets();
-        let groups: BTreeSet<String> = targets.iter().map(|t| t.consumer_group.clone()).collect();
-        let topics: BTreeSet<String> = targets.iter().flat_map(|t| t.topics.iter().cloned()).collect();
 
         let started = Instant::now();
-        let outcome = tokio::time::timeout(config.cycle_timeout, collector.collect(&groups, &topics)).await;
+        let outcome = tokio::time::timeout(config.cycle_timeout, collector.collect_targets(&targets)).await;
         metrics.poll_duration.observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(collected)) => {

@@ -13,7 +13,7 @@ use hpa_model::cap::{CapApplied, TargetValue, target_value};
 use hpa_model::quantity::Quantity;
 
 use crate::lag::{OffsetPolicy, Watermarks, partition_lag};
-use crate::targets::Target;
+use crate::targets::{Target, TargetMetric};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -201,7 +201,17 @@ fn topic_lag(
     base: &Freshness,
     stale_partitions: &BTreeMap<(String, i32), Stale>,
     reported: Option<&BTreeMap<i32, i64>>,
+    record_times: &BTreeMap<(String, i32), (i64, i64)>,
 ) -> TopicLag {
+    // The first unconsumed record's own timestamp, where it was read: (offset, Unix ms).
+    let read: BTreeMap<i32, (i64, i64)> = if record_times.is_empty() {
+        BTreeMap::new()
+    } else {
+        record_times
+            .range((topic.to_owned(), i32::MIN)..=(topic.to_owned(), i32::MAX))
+            .map(|((_, p), v)| (*p, *v))
+            .collect()
+    };
     let mut out =
         TopicLag { lag: 0, lag_seconds: 0.0, partitions: Vec::with_capacity(marks.len()), freshness: base.clone() };
     if !stale_partitions.is_empty() {
@@ -224,7 +234,11 @@ fn topic_lag(
             None => committed
                 .map_or(if policy == OffsetPolicy::Earliest { m.log_start } else { m.log_end }, |c| c.max(m.log_start)),
         };
-        let lag_seconds = if lag == 0 { 0.0 } else { histories.lag_seconds(topic, partition, from, m.log_end, now) };
+        let lag_seconds = match read.get(&partition) {
+            _ if lag == 0 => 0.0,
+            Some(&(offset, ms)) if offset == from => (now - ms as f64 / 1000.0).max(0.0),
+            _ => histories.lag_seconds(topic, partition, from, m.log_end, now),
+        };
         out.lag += lag;
         out.lag_seconds = out.lag_seconds.max(lag_seconds);
         out.partitions.push(PartitionLag {
@@ -283,6 +297,7 @@ impl Snapshot {
                         base,
                         stale_partitions,
                         reported,
+                        &collected.record_times,
                     );
                     Some((topic.clone(), lag))
                 })
@@ -369,6 +384,7 @@ impl Snapshot {
                             &base,
                             stale_partitions,
                             reported.and_then(|r| r.get(topic)),
+                            &collected.record_times,
                         );
                         freshness.merge(&lag.freshness);
                         topics.insert(topic.clone(), lag);
@@ -382,11 +398,27 @@ impl Snapshot {
             let replicas = hpa_replicas.get(&target.name).copied().or(members);
             let share = protocol == GroupProtocol::Share;
             let cap_partitions = if target.cap_at_partitions && !share { partitions } else { 0 };
-            let value = match target.activation_lag {
-                None => {
+            let value = match (target.metric, target.activation_lag) {
+                // Scaling on the age of the oldest waiting record: whole seconds, with the same
+                // per-replica arithmetic and cap.
+                (TargetMetric::LagSeconds, activation) => {
+                    let seconds = lag_seconds.ceil() as u64;
+                    if activation.is_some_and(|a| seconds <= a) {
+                        TargetValue { value: Quantity::ZERO, uncapped_replicas: 0, cap: CapApplied::Inactive }
+                    } else {
+                        target_value(
+                            seconds,
+                            target.lag_per_replica,
+                            cap_partitions,
+                            replicas,
+                            target.scale_up_tolerance,
+                        )
+                    }
+                }
+                (TargetMetric::Lag, None) => {
                     target_value(total_lag, target.lag_per_replica, cap_partitions, replicas, target.scale_up_tolerance)
                 }
-                Some(activation) => {
+                (TargetMetric::Lag, Some(activation)) => {
                     // Uncommitted partitions count from log-start: a group that never committed
                     // has messages waiting for it whatever its offset policy.
                     let waiting: u64 = topics
@@ -486,6 +518,7 @@ mod tests {
             cap_at_partitions: true,
             scale_up_tolerance: 0.1,
             activation_lag: None,
+            metric: crate::targets::TargetMetric::Lag,
             missing_group: crate::targets::MissingGroup::Reject,
             namespaces: vec![],
         })

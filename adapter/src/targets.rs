@@ -31,7 +31,12 @@ pub struct Target {
     pub consumer_group: String,
     /// Topics the group consumes; lag is summed over all their partitions, committed or not.
     pub topics: Vec<String>,
-    /// The HPA's AverageValue target: lag one replica is expected to carry.
+    /// What the value measures: `lag` (messages behind, the default) or `lagSeconds` (the
+    /// age of the oldest unconsumed record, read from the log).
+    #[serde(default)]
+    pub metric: TargetMetric,
+    /// The HPA's AverageValue target: lag one replica is expected to carry (messages, or
+    /// seconds with `metric: lagSeconds`).
     pub lag_per_replica: u64,
     #[serde(default)]
     pub uncommitted_offset_policy: OffsetPolicy,
@@ -59,6 +64,15 @@ pub struct Target {
     /// Namespaces that may read this metric; empty means any.
     #[serde(default)]
     pub namespaces: Vec<String>,
+}
+
+/// The measure a target serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TargetMetric {
+    #[default]
+    Lag,
+    LagSeconds,
 }
 
 /// What a target whose group Kafka does not know serves.
@@ -148,13 +162,18 @@ mod tests {
         assert!(t.namespaces.is_empty());
         assert_eq!((t.scale_up_tolerance, t.activation_lag), (0.1, None));
         let json = TargetsFile::parse(
-            r#"{"targets":[{"name":"a","consumerGroup":"g","topics":["t"],"lagPerReplica":5,"uncommittedOffsetPolicy":"earliest","capAtPartitions":false,"scaleUpTolerance":0.05,"activationLag":100}]}"#,
+            r#"{"targets":[{"name":"a","consumerGroup":"g","topics":["t"],"lagPerReplica":5,"uncommittedOffsetPolicy":"earliest","capAtPartitions":false,"scaleUpTolerance":0.05,"activationLag":100,"metric":"lagSeconds","missingGroup":"empty"}]}"#,
             "json",
         )
         .expect("json is yaml");
         assert_eq!(json.targets[0].uncommitted_offset_policy, OffsetPolicy::Earliest);
         assert!(!json.targets[0].cap_at_partitions);
         assert_eq!((json.targets[0].scale_up_tolerance, json.targets[0].activation_lag), (0.05, Some(100)));
+        assert_eq!(
+            (json.targets[0].metric, json.targets[0].missing_group),
+            (TargetMetric::LagSeconds, MissingGroup::Empty)
+        );
+        assert_eq!((t.metric, t.missing_group), (TargetMetric::Lag, MissingGroup::Reject));
     }
 
     #[test]
@@ -169,6 +188,8 @@ mod tests {
             (format!("targets:\n- name: a\n  {base}\n  lagPerReplicas: 3"), "unknown field"),
             (format!("targets:\n- name: a\n  {base}\n  uncommittedOffsetPolicy: newest"), "unknown variant"),
             (format!("targets:\n- name: a\n  {base}\n  scaleUpTolerance: -0.1"), "scaleUpTolerance"),
+            (format!("targets:\n- name: a\n  {base}\n  metric: lagMinutes"), "unknown variant"),
+            (format!("targets:\n- name: a\n  {base}\n  missingGroup: ignore"), "unknown variant"),
             (format!("targets:\n- name: a\n  {base}\n  scaleUpTolerance: .nan"), "scaleUpTolerance"),
             (format!("targets:\n- name: a\n  {base}\n  activationLag: -5"), "activationLag"),
             ("targets: [".to_owned(), ""),

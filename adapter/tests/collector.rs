@@ -193,3 +193,86 @@ async fn filters_bound_what_is_collected_but_never_targets() {
     assert_eq!(c.topics["scratch"], vec![Watermarks { log_start: 0, log_end: 4 }]);
     assert!(!c.groups.contains_key("team-a-load-test"));
 }
+
+/// Lag seconds of scaling targets from the log itself: the timestamp of the first unconsumed
+/// record, read with one Fetch per leader, exact on a fresh collector (no history, as after a
+/// restart) and for records an hour old; mid-batch in an lz4-compressed batch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_seconds_come_from_the_first_unconsumed_records_own_timestamp() {
+    use lag_adapter::snapshot::{Histories, Snapshot};
+    use lag_adapter::targets::{MissingGroup, Target, TargetMetric};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let run = RunDir::new("collector-record-times").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    broker.create_topic("events", 2).await.expect("topic");
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let base = now_ms - 3_600_000;
+    // p0: 20 records a second apart, lz4, sent together so they share batches; p1: uncompressed.
+    for (partition, codec, count) in [(0, "lz4", 20i64), (1, "none", 5)] {
+        let producer: FutureProducer = lagscale_tests::KafkaEndpoint::client_config(&broker)
+            .set("compression.type", codec)
+            .set("linger.ms", "200")
+            .create()
+            .expect("producer");
+        let sends = (0..count).map(|i| {
+            let producer = producer.clone();
+            let payload = format!("e{i}");
+            async move {
+                producer
+                    .send(
+                        FutureRecord::<(), _>::to("events")
+                            .partition(partition)
+                            .payload(&payload)
+                            .timestamp(base + i * 1000 + i64::from(partition) * 500),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            r.expect("delivered");
+        }
+    }
+    common::commit(&broker, "aged", &[("events", 0, 7), ("events", 1, 0)]);
+    let target = Arc::new(Target {
+        name: "aged-seconds".into(),
+        consumer_group: "aged".into(),
+        topics: vec!["events".into()],
+        metric: TargetMetric::LagSeconds,
+        lag_per_replica: 60,
+        uncommitted_offset_policy: lag_adapter::lag::OffsetPolicy::Latest,
+        cap_at_partitions: true,
+        scale_up_tolerance: 0.1,
+        activation_lag: None,
+        missing_group: MissingGroup::Reject,
+        namespaces: vec![],
+    });
+    let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
+    let c = collector.collect_targets(std::slice::from_ref(&target)).await.expect("cycle");
+    assert_eq!(c.record_times.get(&("events".to_owned(), 0)), Some(&(7, base + 7_000)), "mid-batch, lz4");
+    assert_eq!(c.record_times.get(&("events".to_owned(), 1)), Some(&(0, base + 500)), "batch start");
+    assert_eq!(c.requests.get("Fetch"), Some(&1), "one Fetch for the one leader: {:?}", c.requests);
+
+    let at = SystemTime::now();
+    let s = Snapshot::build(
+        &c,
+        &mut Histories::new(4),
+        &[Arc::clone(&target)],
+        &Default::default(),
+        Default::default(),
+        at,
+    );
+    let at_s = at.duration_since(UNIX_EPOCH).expect("clock").as_secs_f64();
+    let t = &s.targets["aged-seconds"];
+    let p = &t.topics["events"].partitions;
+    assert!((p[0].lag_seconds - (at_s - (base + 7_000) as f64 / 1000.0)).abs() < 1e-6, "{}", p[0].lag_seconds);
+    assert!((p[1].lag_seconds - (at_s - (base + 500) as f64 / 1000.0)).abs() < 1e-6, "{}", p[1].lag_seconds);
+    assert!(t.lag_seconds > 3590.0, "an hour old, with no history at all: {}", t.lag_seconds);
+    // Served in seconds: ceil(lag seconds / 60 per replica) replicas, capped at the 2 partitions.
+    assert_eq!(t.value.uncapped_replicas, (t.lag_seconds.ceil() as u64).div_ceil(60));
+    assert_eq!(t.value.value.to_string(), "120");
+}

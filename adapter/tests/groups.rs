@@ -85,6 +85,7 @@ fn target(name: &str, group: &str, topic: &str) -> Target {
         cap_at_partitions: true,
         scale_up_tolerance: 0.1,
         activation_lag: None,
+        metric: lag_adapter::targets::TargetMetric::Lag,
         missing_group: MissingGroup::Reject,
         namespaces: vec![],
     }

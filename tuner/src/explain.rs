@@ -18,7 +18,6 @@
 //! - `WARN`: the offset moves but the lag grew at every sample;
 //! - `OK`: otherwise.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -113,15 +112,13 @@ pub async fn sample(
     samples: usize,
     interval: Duration,
 ) -> Result<Vec<Snapshot>, ExplainError> {
-    let groups = BTreeSet::from([target.consumer_group.clone()]);
-    let topics: BTreeSet<String> = target.topics.iter().cloned().collect();
     let mut histories = Histories::new(60);
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples.max(1) {
         if i > 0 {
             tokio::time::sleep(interval).await;
         }
-        let collected = collector.collect(&groups, &topics).await?;
+        let collected = collector.collect_targets(std::slice::from_ref(target)).await?;
         out.push(Snapshot::build(
             &collected,
             &mut histories,

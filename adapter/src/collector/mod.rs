@@ -12,25 +12,27 @@
 //! value of its last good cycle in place, marked [`Stale`] with the reason, and everything else
 //! is fresh.
 
+mod groups;
+mod records;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+pub use records::first_unconsumed;
 use std::time::{Duration, SystemTime};
 
-use bytes::Buf;
 use kafka_protocol::messages::{
-    BrokerId, ConsumerGroupDescribeRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, ShareGroupDescribeRequest, TopicName,
-    consumer_protocol_assignment::ConsumerProtocolAssignment,
+    BrokerId, FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetFetchRequest, TopicName,
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
     offset_fetch_request::OffsetFetchRequestGroup,
 };
-use kafka_protocol::protocol::{Decodable, Message, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
 use crate::error::KafkaError;
 use crate::filters::Filters;
 use crate::kafka_security::KafkaSecurity;
 use crate::lag::Watermarks;
-use crate::share_offsets::DescribeShareGroupOffsets;
 use crate::wire::Connection;
 
 /// ListOffsets special timestamps.
@@ -58,6 +60,10 @@ pub struct Collected {
     pub partition_counts: BTreeMap<String, u32>,
     pub groups: BTreeMap<String, GroupState>,
     pub share_groups: BTreeMap<String, ShareGroupState>,
+    /// The timestamp (Unix ms) of the first unconsumed record of scaling-target partitions
+    /// that have lag, by (topic, partition): (its offset, its timestamp). Read from the log
+    /// itself, so exact after a restart and however old.
+    pub record_times: BTreeMap<(String, i32), (i64, i64)>,
     /// What failed this cycle (each also marks what it touched stale).
     pub errors: Vec<CycleError>,
     /// Requests sent this cycle, by API name.
@@ -73,6 +79,7 @@ impl Default for Collected {
             partition_counts: BTreeMap::new(),
             groups: BTreeMap::new(),
             share_groups: BTreeMap::new(),
+            record_times: BTreeMap::new(),
             errors: Vec::new(),
             requests: BTreeMap::new(),
         }
@@ -205,6 +212,8 @@ pub struct Collector {
     last_groups: BTreeMap<String, (GroupState, SystemTime)>,
     last_share_groups: BTreeMap<String, (ShareGroupState, SystemTime)>,
     last_marks: HashMap<(String, i32), (Watermarks, SystemTime)>,
+    /// Partition leaders of the last Metadata (topic -> leader per partition).
+    leaders: BTreeMap<String, Vec<i32>>,
     requests: BTreeMap<&'static str, u64>,
     errors: Vec<CycleError>,
 }
@@ -227,6 +236,7 @@ impl Collector {
             last_groups: BTreeMap::new(),
             last_share_groups: BTreeMap::new(),
             last_marks: HashMap::new(),
+            leaders: BTreeMap::new(),
             requests: BTreeMap::new(),
             errors: Vec::new(),
         }
@@ -593,6 +603,7 @@ impl Collector {
         watched.extend(target_topics.iter().cloned());
         watched.retain(|t| leaders.contains_key(t));
         let (topics, stale_partitions) = self.watermarks(&watched, &leaders, at).await;
+        self.leaders = leaders.clone();
 
         Ok(Collected {
             at,
@@ -601,6 +612,7 @@ impl Collector {
             partition_counts: leaders.iter().map(|(t, p)| (t.clone(), p.len() as u32)).collect(),
             groups,
             share_groups,
+            record_times: BTreeMap::new(),
             errors: std::mem::take(&mut self.errors),
             requests: std::mem::take(&mut self.requests),
         })
@@ -789,220 +801,6 @@ impl Collector {
         }
     }
 
-    /// Describes target groups in their own protocol: ConsumerGroupDescribe for KIP-848
-    /// groups, DescribeGroups for classic ones, each falling back to the other when the broker
-    /// says the group is of the other kind (GROUP_ID_NOT_FOUND, or `Dead` before DescribeGroups
-    /// v6) or does not speak ConsumerGroupDescribe.
-    async fn describe(
-        &mut self,
-        coordinator: i32,
-        groups: &[(String, GroupProtocol)],
-    ) -> Result<Vec<(String, Result<Description, String>)>, KafkaError> {
-        let consumer_api =
-            self.conn(coordinator).await?.version::<ConsumerGroupDescribeRequest>("ConsumerGroupDescribe", 1).ok();
-        let (first_consumer, first_classic): (Vec<_>, Vec<_>) = groups.iter().map(|(g, _)| g.clone()).partition(|g| {
-            consumer_api.is_some() && groups.iter().any(|(n, p)| n == g && *p == GroupProtocol::Consumer)
-        });
-        let mut out = Vec::new();
-        let mut then_classic = first_classic;
-        if let Some(version) = consumer_api
-            && !first_consumer.is_empty()
-        {
-            for (g, result) in self.describe_consumer(coordinator, &first_consumer, version).await? {
-                match result {
-                    Some(r) => out.push((g, r)),
-                    None => then_classic.push(g),
-                }
-            }
-        }
-        let mut then_consumer = Vec::new();
-        if !then_classic.is_empty() {
-            for (g, result) in self.describe_classic(coordinator, &then_classic).await? {
-                match result {
-                    Some(r) => out.push((g, r)),
-                    None if consumer_api.is_some() && !first_consumer.contains(&g) => then_consumer.push(g),
-                    None => out.push((g, Ok(Description::none()))),
-                }
-            }
-        }
-        if let Some(version) = consumer_api
-            && !then_consumer.is_empty()
-        {
-            for (g, result) in self.describe_consumer(coordinator, &then_consumer, version).await? {
-                out.push((g, result.unwrap_or_else(|| Ok(Description::none()))));
-            }
-        }
-        Ok(out)
-    }
-
-    /// ConsumerGroupDescribe: `None` where the group is not a consumer-protocol group.
-    async fn describe_consumer(
-        &mut self,
-        coordinator: i32,
-        groups: &[String],
-        version: i16,
-    ) -> Result<Vec<(String, Option<Result<Description, String>>)>, KafkaError> {
-        let conn = self.conn(coordinator).await?;
-        let request =
-            ConsumerGroupDescribeRequest::default().with_group_ids(groups.iter().map(|g| GroupId(sb(g))).collect());
-        let response = conn.send(&request, version).await?;
-        self.count("ConsumerGroupDescribe");
-        let mut out = Vec::new();
-        for g in response.groups {
-            let name = g.group_id.0.as_str().to_owned();
-            let result = match g.error_code {
-                0 => Some(Ok(Description {
-                    protocol: GroupProtocol::Consumer,
-                    state: Some(g.group_state.as_str().to_owned()),
-                    members: g
-                        .members
-                        .iter()
-                        .map(|m| Member {
-                            member_id: m.member_id.as_str().to_owned(),
-                            client_id: m.client_id.as_str().to_owned(),
-                            client_host: m.client_host.as_str().to_owned(),
-                            assignment: m
-                                .assignment
-                                .topic_partitions
-                                .iter()
-                                .map(|t| (t.topic_name.0.as_str().to_owned(), sorted(&t.partitions)))
-                                .collect(),
-                        })
-                        .collect(),
-                })),
-                GROUP_ID_NOT_FOUND | UNSUPPORTED_VERSION => None,
-                code => {
-                    let e = KafkaError::broker("ConsumerGroupDescribe", code, format!("group {name}"));
-                    self.failed(&e);
-                    Some(Err(e.to_string()))
-                }
-            };
-            out.push((name, result));
-        }
-        Ok(out)
-    }
-
-    /// DescribeGroups: `None` where the group is not a classic group (`Dead`, or
-    /// GROUP_ID_NOT_FOUND from v6 on).
-    async fn describe_classic(
-        &mut self,
-        coordinator: i32,
-        groups: &[String],
-    ) -> Result<Vec<(String, Option<Result<Description, String>>)>, KafkaError> {
-        let conn = self.conn(coordinator).await?;
-        let version = conn.version::<DescribeGroupsRequest>("DescribeGroups", 6)?;
-        let request = DescribeGroupsRequest::default().with_groups(groups.iter().map(|g| GroupId(sb(g))).collect());
-        let response = conn.send(&request, version).await?;
-        self.count("DescribeGroups");
-        let mut out = Vec::new();
-        for g in response.groups {
-            let name = g.group_id.0.as_str().to_owned();
-            let result = match g.error_code {
-                0 if g.group_state.as_str() == "Dead" => None,
-                0 => {
-                    let consumer = g.protocol_type.as_str() == "consumer";
-                    Some(Ok(Description {
-                        protocol: GroupProtocol::Classic,
-                        state: Some(g.group_state.as_str().to_owned()),
-                        members: g
-                            .members
-                            .iter()
-                            .map(|m| Member {
-                                member_id: m.member_id.as_str().to_owned(),
-                                client_id: m.client_id.as_str().to_owned(),
-                                client_host: m.client_host.as_str().to_owned(),
-                                assignment: if consumer {
-                                    classic_assignment(m.member_assignment.clone())
-                                } else {
-                                    BTreeMap::new()
-                                },
-                            })
-                            .collect(),
-                    }))
-                }
-                GROUP_ID_NOT_FOUND => None,
-                code => {
-                    let e = KafkaError::broker("DescribeGroups", code, format!("group {name}"));
-                    self.failed(&e);
-                    Some(Err(e.to_string()))
-                }
-            };
-            out.push((name, result));
-        }
-        Ok(out)
-    }
-
-    /// Share groups coordinated by `coordinator`: start offsets for all (one
-    /// DescribeShareGroupOffsets), members for target groups (one ShareGroupDescribe).
-    async fn share_groups(
-        &mut self,
-        coordinator: i32,
-        groups: &[String],
-        target_groups: &BTreeSet<String>,
-    ) -> Result<Vec<(String, Result<ShareGroupState, String>)>, KafkaError> {
-        let conn = self.conn(coordinator).await?;
-        let version = conn.version::<DescribeShareGroupOffsets>("DescribeShareGroupOffsets", 1)?;
-        let response = conn.send(&DescribeShareGroupOffsets { groups: groups.to_vec() }, version).await?;
-        self.count("DescribeShareGroupOffsets");
-        let mut states: BTreeMap<String, Result<ShareGroupState, String>> = BTreeMap::new();
-        for g in response.groups {
-            let result = match g.error_code {
-                0 | GROUP_ID_NOT_FOUND => {
-                    let mut state = ShareGroupState::default();
-                    for t in &g.topics {
-                        for p in t.partitions.iter().filter(|p| p.error_code == 0) {
-                            // -1: the share-partition is not initialised yet (nothing consumed).
-                            if p.start_offset >= 0 {
-                                state
-                                    .start_offsets
-                                    .entry(t.topic_name.clone())
-                                    .or_default()
-                                    .insert(p.partition_index, p.start_offset);
-                            }
-                            if p.lag >= 0 {
-                                state.lags.entry(t.topic_name.clone()).or_default().insert(p.partition_index, p.lag);
-                            }
-                        }
-                    }
-                    Ok(state)
-                }
-                code => {
-                    let e = KafkaError::broker("DescribeShareGroupOffsets", code, format!("group {}", g.group_id));
-                    self.failed(&e);
-                    Err(e.to_string())
-                }
-            };
-            states.insert(g.group_id, result);
-        }
-        let described: Vec<String> = groups.iter().filter(|g| target_groups.contains(*g)).cloned().collect();
-        if !described.is_empty() {
-            let conn = self.conn(coordinator).await?;
-            let version = conn.version::<ShareGroupDescribeRequest>("ShareGroupDescribe", 1)?;
-            let request =
-                ShareGroupDescribeRequest::default().with_group_ids(described.iter().map(|g| GroupId(sb(g))).collect());
-            let response = conn.send(&request, version).await?;
-            self.count("ShareGroupDescribe");
-            for g in response.groups {
-                let name = g.group_id.0.as_str().to_owned();
-                if let Some(Ok(state)) = states.get_mut(&name) {
-                    match g.error_code {
-                        0 => {
-                            state.state = Some(g.group_state.as_str().to_owned());
-                            state.members = Some(g.members.len() as u32);
-                        }
-                        GROUP_ID_NOT_FOUND => state.members = Some(0),
-                        code => {
-                            let e = KafkaError::broker("ShareGroupDescribe", code, format!("group {name}"));
-                            self.failed(&e);
-                            states.insert(name, Err(e.to_string()));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(states.into_iter().collect())
-    }
-
     /// Log-start and log-end of every watched partition, one ListOffsets per leader and kind.
     /// A partition without a leader, on a failed broker, or answered with an error keeps its
     /// last watermarks, marked stale.
@@ -1135,41 +933,6 @@ impl Collector {
 
 type Commits = BTreeMap<String, BTreeMap<i32, i64>>;
 
-/// What a description says about a group.
-#[derive(Debug)]
-struct Description {
-    protocol: GroupProtocol,
-    state: Option<String>,
-    members: Vec<Member>,
-}
-
-impl Description {
-    /// Neither protocol knows the group: it has no member.
-    fn none() -> Self {
-        Self { protocol: GroupProtocol::Unknown, state: None, members: Vec::new() }
-    }
-}
-
-fn sorted(partitions: &[i32]) -> Vec<i32> {
-    let mut v = partitions.to_vec();
-    v.sort_unstable();
-    v
-}
-
-/// A classic consumer's assignment: the consumer protocol's `ConsumerProtocolAssignment`,
-/// prefixed by its version. Empty when there is none (a rebalance in progress) or it does not
-/// parse (a client with its own protocol).
-fn classic_assignment(mut bytes: bytes::Bytes) -> BTreeMap<String, Vec<i32>> {
-    if bytes.remaining() < 2 {
-        return BTreeMap::new();
-    }
-    let version = bytes.get_i16().clamp(0, ConsumerProtocolAssignment::VERSIONS.max);
-    match ConsumerProtocolAssignment::decode(&mut bytes, version) {
-        Ok(a) => a.assigned_partitions.iter().map(|t| (t.topic.0.as_str().to_owned(), sorted(&t.partitions))).collect(),
-        Err(_) => BTreeMap::new(),
-    }
-}
-
 /// topic -> partition -> committed offset, from an OffsetFetch answer's (partition, offset,
 /// error) triples; partitions without a commit (-1) or with an error are left out.
 fn commit_map<'a, P>(topics: impl Iterator<Item = (&'a str, P)>) -> Commits
@@ -1196,8 +959,6 @@ fn metadata_request(version: i16) -> MetadataRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
-    use kafka_protocol::protocol::Encodable;
 
     #[test]
     fn listed_group_types_map_to_protocols() {
@@ -1207,20 +968,6 @@ mod tests {
         assert_eq!(GroupProtocol::from_listed("streams", "streams"), Some(GroupProtocol::Streams));
         assert_eq!(GroupProtocol::from_listed("", "consumer"), Some(GroupProtocol::Unknown));
         assert_eq!(GroupProtocol::from_listed("classic", "connect"), None, "Connect commits no offsets");
-    }
-
-    #[test]
-    fn classic_assignments_decode_and_garbage_is_empty() {
-        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
-        let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
-            TopicPartition::default().with_topic(TopicName(sb("orders"))).with_partitions(vec![3, 1]),
-        ]);
-        let mut buf = bytes::BytesMut::new();
-        buf.put_i16(1);
-        assignment.encode(&mut buf, 1).expect("encode");
-        assert_eq!(classic_assignment(buf.freeze()), BTreeMap::from([("orders".to_owned(), vec![1, 3])]));
-        assert!(classic_assignment(bytes::Bytes::from_static(&[0, 1, 0xff])).is_empty());
-        assert!(classic_assignment(bytes::Bytes::new()).is_empty());
     }
 
     #[test]
