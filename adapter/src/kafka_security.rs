@@ -1,5 +1,5 @@
 //! How the adapter authenticates to Kafka: TLS through rustls and SASL (`PLAIN`,
-//! `SCRAM-SHA-256`, `SCRAM-SHA-512`). It reads the same librdkafka property names as the
+//! `SCRAM-SHA-256`, `SCRAM-SHA-512`, and `OAUTHBEARER` with tokens from an OIDC provider). It reads the same librdkafka property names as the
 //! workers and producers (`KAFKA_PROPERTIES`), so one Secret configures every Kafka client of
 //! the pipeline. Properties that only concern consumers or producers are ignored (and named
 //! in the log); anything that would silently weaken security is refused.
@@ -20,6 +20,9 @@ use crate::scram::ScramHash;
 pub enum SaslMechanism {
     Plain,
     Scram(ScramHash),
+    /// OAUTHBEARER (KIP-255) with tokens from an OIDC provider's client-credentials grant
+    /// (KIP-768; librdkafka's `sasl.oauthbearer.method=oidc`).
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -28,6 +31,7 @@ impl SaslMechanism {
             Self::Plain => "PLAIN",
             Self::Scram(ScramHash::Sha256) => "SCRAM-SHA-256",
             Self::Scram(ScramHash::Sha512) => "SCRAM-SHA-512",
+            Self::OAuthBearer => "OAUTHBEARER",
         }
     }
 }
@@ -36,8 +40,11 @@ impl SaslMechanism {
 #[derive(Clone)]
 pub struct Sasl {
     pub mechanism: SaslMechanism,
+    /// The user (PLAIN, SCRAM) or the OIDC client id (OAUTHBEARER).
     pub username: String,
     pub password: String,
+    /// OAUTHBEARER: the token source, shared by every connection.
+    pub oauth: Option<Arc<crate::oauth::OAuthClient>>,
 }
 
 impl std::fmt::Debug for Sasl {
@@ -46,6 +53,7 @@ impl std::fmt::Debug for Sasl {
             .field("mechanism", &self.mechanism.name())
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("oauth", &self.oauth)
             .finish()
     }
 }
@@ -123,18 +131,24 @@ impl KafkaSecurity {
                 Some("PLAIN") => SaslMechanism::Plain,
                 Some("SCRAM-SHA-256") => SaslMechanism::Scram(ScramHash::Sha256),
                 Some("SCRAM-SHA-512") => SaslMechanism::Scram(ScramHash::Sha512),
+                Some("OAUTHBEARER") => SaslMechanism::OAuthBearer,
                 Some(other) => {
                     return Err(invalid(format!(
-                        "sasl.mechanism: {other} is not supported by the adapter (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                        "sasl.mechanism: {other} is not supported by the adapter (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER)"
                     )));
                 }
                 None => return Err(invalid(format!("sasl.mechanism is required with security.protocol={protocol}"))),
             };
-            let username = username.ok_or_else(|| invalid("sasl.username is required for SASL".into()))?;
-            let password = password.ok_or_else(|| invalid("sasl.password is required for SASL".into()))?;
-            Some(Sasl { mechanism, username, password })
+            if mechanism == SaslMechanism::OAuthBearer {
+                Some(oauth_bearer(&mut take, &invalid)?)
+            } else {
+                let username = username.ok_or_else(|| invalid("sasl.username is required for SASL".into()))?;
+                let password = password.ok_or_else(|| invalid("sasl.password is required for SASL".into()))?;
+                Some(Sasl { mechanism, username, password, oauth: None })
+            }
         } else {
-            if mechanism.is_some() || username.is_some() || password.is_some() {
+            let oauth = take("sasl.oauthbearer.method").is_some() || take("sasl.oauthbearer.client.id").is_some();
+            if mechanism.is_some() || username.is_some() || password.is_some() || oauth {
                 return Err(invalid(format!(
                     "sasl.* is set but security.protocol is {protocol}: credentials would not be used"
                 )));
@@ -179,6 +193,58 @@ impl KafkaSecurity {
         let ignored = props.into_keys().collect();
         Ok(Self { tls, sasl, ignored })
     }
+}
+
+/// OAUTHBEARER settings, by librdkafka's names: `sasl.oauthbearer.method=oidc`,
+/// `...client.id`, `...client.secret`, `...token.endpoint.url`, optional `...scope`.
+fn oauth_bearer(
+    take: &mut impl FnMut(&str) -> Option<String>,
+    invalid: &impl Fn(String) -> ConfigError,
+) -> Result<Sasl, ConfigError> {
+    match take("sasl.oauthbearer.method").map(|m| m.to_ascii_lowercase()).as_deref() {
+        Some("oidc") => {}
+        Some("default") | None => {
+            return Err(invalid(
+                "sasl.oauthbearer.method: the adapter gets tokens from an OIDC provider only (oidc); \
+                 librdkafka's default method makes unsigned tokens for testing"
+                    .into(),
+            ));
+        }
+        Some(other) => return Err(invalid(format!("sasl.oauthbearer.method: unknown {other:?} (oidc)"))),
+    }
+    let required =
+        |v: Option<String>, key: &str| v.ok_or_else(|| invalid(format!("{key} is required for OAUTHBEARER")));
+    let client_id = required(take("sasl.oauthbearer.client.id"), "sasl.oauthbearer.client.id")?;
+    let client_secret = required(take("sasl.oauthbearer.client.secret"), "sasl.oauthbearer.client.secret")?;
+    let endpoint = required(take("sasl.oauthbearer.token.endpoint.url"), "sasl.oauthbearer.token.endpoint.url")?;
+    let scope = take("sasl.oauthbearer.scope");
+    if take("sasl.oauthbearer.extensions").is_some() {
+        return Err(invalid("sasl.oauthbearer.extensions: SASL extensions are not supported by the adapter".into()));
+    }
+    // The client secret travels to the endpoint: TLS, except to this machine itself.
+    let url = reqwest::Url::parse(&endpoint)
+        .map_err(|e| invalid(format!("sasl.oauthbearer.token.endpoint.url is not a URL: {e}")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(invalid(
+            "sasl.oauthbearer.token.endpoint.url must be https (plain http only to localhost): the client secret is sent there"
+                .into(),
+        ));
+    }
+    let oauth = crate::oauth::OAuthClient::new(
+        endpoint,
+        client_id.clone(),
+        client_secret.clone(),
+        scope,
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| invalid(format!("sasl.oauthbearer: {e}")))?;
+    Ok(Sasl {
+        mechanism: SaslMechanism::OAuthBearer,
+        username: client_id,
+        password: client_secret,
+        oauth: Some(Arc::new(oauth)),
+    })
 }
 
 fn tls_config(

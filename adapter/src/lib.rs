@@ -20,6 +20,7 @@ pub mod history;
 pub mod kafka_security;
 pub mod lag;
 pub mod metrics;
+pub mod oauth;
 pub mod poller;
 pub mod record;
 pub mod scram;

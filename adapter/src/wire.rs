@@ -157,6 +157,27 @@ impl Connection {
                 token.extend_from_slice(sasl.password.as_bytes());
                 self.sasl_step(mechanism, token).await?;
             }
+            SaslMechanism::OAuthBearer => {
+                let oauth =
+                    sasl.oauth.as_ref().ok_or_else(|| refused(&self.addr, "no token source configured".into()))?;
+                let token = oauth.token().await?;
+                // Success is an empty server message. A refusal is a JSON error status as a
+                // challenge (RFC 7628 §3.2.2), which the client acknowledges with 0x01 before
+                // the broker fails the exchange.
+                let refusal = match self.sasl_step(mechanism, crate::oauth::initial_response(&token)).await {
+                    Ok(challenge) if challenge.is_empty() => None,
+                    Ok(challenge) => {
+                        let _ = self.sasl_step(mechanism, vec![0x01]).await;
+                        Some(String::from_utf8_lossy(&challenge).into_owned())
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = refusal {
+                    // A refused token is not used again: the next connection asks for a new one.
+                    oauth.invalidate().await;
+                    return Err(refused(&self.addr, format!("the broker refused the token: {why}")));
+                }
+            }
             SaslMechanism::Scram(hash) => {
                 let scram = ScramClient::with_random_nonce(hash, &sasl.username, &sasl.password)
                     .map_err(|_| refused(&self.addr, "no random nonce".into()))?;

@@ -166,3 +166,120 @@ async fn sasl_scram_and_plain_over_tls_and_wrong_credentials_fail_closed() {
         assert!(!e.to_string().contains(password), "the password never appears: {e}");
     }
 }
+
+/// An OIDC token endpoint on loopback: the client-credentials grant with HTTP Basic client
+/// authentication, answering unsecured JWTs (what the test broker's validator accepts) that
+/// expire `expires` seconds from now. Counts the tokens it issues.
+struct TokenEndpoint {
+    url: String,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn token_endpoint(client_id: &str, secret: &str, expires: i64) -> TokenEndpoint {
+    use axum::http::{HeaderMap, StatusCode};
+    use base64::Engine;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}")));
+    let issued = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&issued);
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let expected = expected.clone();
+            let counter = std::sync::Arc::clone(&counter);
+            async move {
+                let basic = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                if basic != expected || !body.contains("grant_type=client_credentials") {
+                    return (StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#.to_owned());
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+                let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+                let jwt = format!(
+                    "{}.{}.",
+                    b64(serde_json::json!({"alg": "none"})),
+                    b64(serde_json::json!({"sub": "lag-adapter", "iat": now, "exp": now + expires}))
+                );
+                (
+                    StatusCode::OK,
+                    serde_json::json!({"access_token": jwt, "token_type": "Bearer", "expires_in": 3600}).to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    TokenEndpoint { url, issued, task }
+}
+
+fn oauth_properties(broker: &Endpoint, url: &str, secret: &str) -> Vec<String> {
+    let mut p: Vec<String> = broker.properties.iter().filter(|p| !p.starts_with("sasl.")).cloned().collect();
+    p.extend([
+        "sasl.mechanism=OAUTHBEARER".to_owned(),
+        "sasl.oauthbearer.method=oidc".to_owned(),
+        "sasl.oauthbearer.client.id=lag-adapter".to_owned(),
+        format!("sasl.oauthbearer.client.secret={secret}"),
+        format!("sasl.oauthbearer.token.endpoint.url={url}"),
+        "sasl.oauthbearer.scope=kafka".to_owned(),
+    ]);
+    p
+}
+
+/// SASL/OAUTHBEARER against the real broker's OAUTHBEARER listener, with tokens from an OIDC
+/// client-credentials endpoint: exact lag, one token for every connection; a wrong secret, an
+/// expired token and unsafe settings are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_with_oidc_client_credentials() {
+    let run = RunDir::new("kafka-oauthbearer").expect("run dir");
+    let kafka = Broker::start(&run).await.expect("broker");
+    let scram = kafka.sasl("SCRAM-SHA-512");
+    create_topic(&scram, "orders", 2).await;
+    produce(&scram, "orders", &[0, 1], 10).await;
+    commit(&scram, "billing", &[("orders", 0, 4), ("orders", 1, 10)]);
+
+    let idp = token_endpoint("lag-adapter", "s3cret", 3600).await;
+    let good = security(&oauth_properties(&scram, &idp.url, "s3cret"));
+    for _ in 0..2 {
+        // A new collector each time: new broker connections, the same token.
+        let c = cycle(&scram, good.clone()).await.expect("cycle over OAUTHBEARER");
+        assert_eq!(c.topics["orders"], vec![Watermarks { log_start: 0, log_end: 10 }; 2]);
+        assert_eq!(c.groups["billing"].commits["orders"][&0], 4);
+    }
+    assert_eq!(idp.issued.load(std::sync::atomic::Ordering::SeqCst), 1, "one token for every connection");
+
+    // A wrong client secret: the provider refuses, and the error says so (never the secret).
+    let wrong = cycle(&scram, security(&oauth_properties(&scram, &idp.url, "wrong"))).await.expect_err("refused");
+    let text = wrong.to_string();
+    assert_eq!(wrong.kind(), "authentication", "{text}");
+    assert!(text.contains("invalid_client") && text.contains(&idp.url) && !text.contains("wrong"), "{text}");
+
+    // A token the broker refuses (expired on issue).
+    let stale_idp = token_endpoint("lag-adapter", "s3cret", -60).await;
+    let refused =
+        cycle(&scram, security(&oauth_properties(&scram, &stale_idp.url, "s3cret"))).await.expect_err("expired");
+    assert_eq!(refused.kind(), "authentication", "{refused}");
+    assert!(refused.to_string().contains("refused the token"), "{refused}");
+    eprintln!("expired token: {refused}");
+
+    // Settings that cannot be safe or cannot work are refused before anything connects.
+    for (change, reason) in [
+        ("sasl.oauthbearer.method=default", "oidc"),
+        ("sasl.oauthbearer.token.endpoint.url=http://idp.example.com/token", "https"),
+        ("sasl.oauthbearer.extensions=logicalCluster=lkc-1", "extensions"),
+    ] {
+        let mut p = oauth_properties(&scram, &idp.url, "s3cret");
+        let key = change.split_once('=').expect("kv").0;
+        p.retain(|e| !e.starts_with(&format!("{key}=")));
+        p.push(change.to_owned());
+        let err = KafkaSecurity::from_properties(&props(&p)).expect_err(change).to_string();
+        assert!(err.contains(reason) && !err.contains("s3cret"), "{change}: {err}");
+    }
+    idp.task.abort();
+    stale_idp.task.abort();
+}

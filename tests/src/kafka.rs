@@ -273,7 +273,16 @@ fn listener_security(keystore: &Path, ca: &Path) -> Vec<(String, String)> {
     p.push(("listener.name.ssl.ssl.truststore.type".into(), "PEM".into()));
     p.push(("listener.name.ssl.ssl.truststore.location".into(), ca.display().to_string()));
     p.push(("listener.name.ssl.ssl.client.auth".into(), "required".into()));
-    p.push(("listener.name.sasl_ssl.sasl.enabled.mechanisms".into(), "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into()));
+    p.push((
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms".into(),
+        "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER".into(),
+    ));
+    // OAUTHBEARER with Kafka's unsecured-JWS validator (the default without a JWKS endpoint):
+    // it checks the token's structure, `sub` and `exp`, not a signature.
+    p.push((
+        "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config".into(),
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub=\"broker\";".into(),
+    ));
     for m in ["scram-sha-256", "scram-sha-512"] {
         p.push((
             format!("listener.name.sasl_ssl.{m}.sasl.jaas.config"),
