@@ -664,6 +664,60 @@ mod tests {
     }
 
     #[test]
+    fn share_groups_are_served_as_their_own_metric_and_stale_items_are_refused_by_name() {
+        use crate::collector::{ShareGroupState, Stale};
+        let now = SystemTime::now();
+        let mut collected = crate::collector::Collected::default();
+        collected.topics.insert("jobs".into(), vec![crate::lag::Watermarks { log_start: 0, log_end: 35 }; 2]);
+        collected.topics.insert("orders".into(), vec![crate::lag::Watermarks { log_start: 0, log_end: 10 }]);
+        let mut share = ShareGroupState { members: Some(3), ..ShareGroupState::default() };
+        share.start_offsets.insert("jobs".into(), BTreeMap::from([(0, 0), (1, 0)]));
+        share.lags.insert("jobs".into(), BTreeMap::from([(0, 15), (1, 15)]));
+        collected.share_groups.insert("workers".into(), share);
+        // A consumer group whose only partition could not be read for two minutes.
+        let mut group = crate::collector::GroupState::default();
+        group.commits.insert("orders".into(), BTreeMap::from([(0, 4)]));
+        collected.groups.insert("billing".into(), group);
+        collected.stale_partitions.insert(
+            ("orders".into(), 0),
+            Stale {
+                last_good: Some(now - Duration::from_secs(120)),
+                reason: "no leader (LEADER_NOT_AVAILABLE)".into(),
+            },
+        );
+        let snap = Snapshot::build(
+            &collected,
+            &mut crate::snapshot::Histories::new(4),
+            &[],
+            &std::collections::HashMap::new(),
+            crate::lag::OffsetPolicy::Latest,
+            now,
+        );
+        let state = state_with(snap, vec![]);
+        let Answered { body, value_milli, items, .. } =
+            answer(&state, "default", SHARE_LAG_METRIC, Some("labelSelector=sharegroup%3Dworkers")).expect("share lag");
+        assert_eq!((value_milli, items), (30_000, 1), "the broker's share-partition lag: 15 + 15");
+        let body = String::from_utf8(body).expect("utf8");
+        assert!(body.contains(r#""sharegroup":"workers","topic":"jobs""#), "{body}");
+        let err =
+            answer(&state, "default", SHARE_LAG_METRIC, Some("labelSelector=sharegroup%3Dbilling")).expect_err("404");
+        assert!(err.message.contains("share group"), "{}", err.message);
+
+        // Stale for longer than the 60 s allowed: refused, naming the partition and why.
+        let mut strict = state.clone();
+        strict.config.max_snapshot_age = Duration::from_secs(60);
+        let err =
+            answer(&strict, "default", LAG_METRIC, Some("labelSelector=consumergroup%3Dbilling")).expect_err("stale");
+        assert_eq!(err.code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(err.message.contains("orders/0: no leader") && err.message.contains("billing"), "{}", err.message);
+        // Within the allowed age: served, stamped with the time of its last read.
+        let Answered { body, .. } =
+            answer(&state, "default", LAG_METRIC, Some("labelSelector=consumergroup%3Dbilling")).expect("served");
+        let body = String::from_utf8(body).expect("utf8");
+        assert!(body.contains(&rfc3339(now - Duration::from_secs(120))), "{body}");
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_seconds_utc() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_443_550_750);
         assert_eq!(rfc3339(t), "2026-11-23T14:19:10Z");
