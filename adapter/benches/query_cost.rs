@@ -91,15 +91,16 @@ impl KafkaEndpoint for Kafka {
 const GROUPS_ALLOW: &str = "group-0[0-4][0-9]";
 const TOPICS_DENY: &str = "topic-[0-9]{2}[13579]";
 
-/// The adapter, as its own release process, polling every 2 s with `extra` flags: returns its
-/// process and metrics port once it has run `cycles` cycles.
+/// The adapter, as its own release process, polling every 2 s with `extra` flags (the data path
+/// alone: authentication and authorization are measured by the tests): returns its process, API
+/// port and metrics port once it has run `cycles` cycles.
 async fn adapter_process(
     broker: &Kafka,
     run: &RunDir,
     name: &str,
     extra: &[&str],
     cycles: f64,
-) -> (ServiceProcess, u16) {
+) -> (ServiceProcess, u16, u16) {
     let api = free_port().expect("port");
     let metrics_port = free_port().expect("port");
     let mut args: Vec<OsString> = [
@@ -130,7 +131,7 @@ async fn adapter_process(
             Err(_) => String::new(),
         };
         if metric_sum(&text, "lagscale_poll_duration_seconds_count") >= cycles {
-            return (process, metrics_port);
+            return (process, api, metrics_port);
         }
         assert!(Instant::now() < deadline, "{name}: {cycles} cycles within 120 s");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -181,8 +182,8 @@ async fn filters_side_by_side(broker: &Kafka, run: &RunDir, groups: usize) {
         );
         rows.push(times[2]);
     }
-    let (plain_process, plain_port) = adapter_process(broker, run, "adapter-unfiltered", &[], 5.0).await;
-    let (filtered_process, filtered_port) = adapter_process(
+    let (plain_process, _, plain_port) = adapter_process(broker, run, "adapter-unfiltered", &[], 5.0).await;
+    let (filtered_process, _, filtered_port) = adapter_process(
         broker,
         run,
         "adapter-filtered",
@@ -287,32 +288,7 @@ async fn main() {
     }
 
     // The adapter as its own process (release build), polling every 2 s.
-    let api = free_port().expect("port");
-    let metrics_port = free_port().expect("port");
-    let args: Vec<OsString> = [
-        "--bootstrap-servers",
-        &broker.bootstrap(),
-        "--listen",
-        &format!("127.0.0.1:{api}"),
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics_port}"),
-        "--poll-interval",
-        "2s",
-        "--kafka-timeout",
-        "5s",
-        // The data path alone: authentication and authorization are measured by the tests.
-        "--insecure-no-auth",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    let adapter = ServiceProcess::spawn(
-        "lag-adapter",
-        env!("CARGO_BIN_EXE_lag-adapter").as_ref(),
-        args,
-        &run.sub("adapter").expect("dir"),
-    )
-    .expect("adapter");
+    let (adapter, api, metrics_port) = adapter_process(&broker, &run, "lag-adapter", &[], 1.0).await;
     let pid = adapter.pid().expect("pid");
     lag_adapter::tls::install_crypto_provider();
     let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("client");

@@ -44,32 +44,30 @@ fn metric(text: &str, series: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-const FORGED: [(&str, &str); 2] = [("X-Remote-User", "system:admin"), ("X-Remote-Group", "system:masters")];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_aggregator_and_authorized_users_get_in() {
-    let run = RunDir::new("security").expect("run dir");
-    let broker = Broker::start(&run).await.expect("broker");
+/// A broker with group `billing` lagging on `orders`, a control plane, and the adapter
+/// delegating to it with `extra` flags.
+async fn secured(run: &RunDir, extra: &[&str]) -> (Broker, ControlPlane, Adapter) {
+    let broker = Broker::start(run).await.expect("broker");
     broker.create_topic("orders", 2).await.expect("topic");
     produce(&broker, "orders", &[0, 1], 5).await;
     commit(&broker, "billing", &[("orders", 0, 0), ("orders", 1, 0)]);
-    let cluster = ControlPlane::start(&run, ControlPlaneOptions::default()).await.expect("control plane");
-
+    let cluster = ControlPlane::start(run, ControlPlaneOptions::default()).await.expect("control plane");
     let serving = Ca::new("security-serving-ca").expect("ca");
     let (cert, key) = serving
         .issue(&Leaf::server("lag-adapter", &["localhost", "127.0.0.1"]))
         .expect("cert")
         .write(&run.sub("tls").expect("dir"), "serving")
         .expect("write");
-    let adapter = delegated_adapter(
-        &cluster,
-        &run,
-        &broker.bootstrap(),
-        "127.0.0.1:0",
-        (&cert, &key),
-        &["--auth-cache-ttl", "2s", "--auth-config-refresh", "1s"],
-    )
-    .await;
+    let adapter = delegated_adapter(&cluster, run, &broker.bootstrap(), "127.0.0.1:0", (&cert, &key), extra).await;
+    (broker, cluster, adapter)
+}
+
+const FORGED: [(&str, &str); 2] = [("X-Remote-User", "system:admin"), ("X-Remote-Group", "system:masters")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_aggregator_and_authorized_users_get_in() {
+    let run = RunDir::new("security").expect("run dir");
+    let (_broker, cluster, adapter) = secured(&run, &["--auth-cache-ttl", "2s", "--auth-config-refresh", "1s"]).await;
     let metric_path = selecting(LAG, "consumergroup=billing");
     let anonymous = client(None);
 
@@ -232,27 +230,8 @@ subjects: [{kind: ServiceAccount, name: reader, namespace: default}]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_bad_tokens_leaves_the_hpa_controllers_cached_answers() {
     let run = RunDir::new("security-flood").expect("run dir");
-    let broker = Broker::start(&run).await.expect("broker");
-    broker.create_topic("orders", 2).await.expect("topic");
-    produce(&broker, "orders", &[0, 1], 5).await;
-    commit(&broker, "billing", &[("orders", 0, 0), ("orders", 1, 0)]);
-    let cluster = ControlPlane::start(&run, ControlPlaneOptions::default()).await.expect("control plane");
-    let serving = Ca::new("flood-serving-ca").expect("ca");
-    let (cert, key) = serving
-        .issue(&Leaf::server("lag-adapter", &["localhost", "127.0.0.1"]))
-        .expect("cert")
-        .write(&run.sub("tls").expect("dir"), "serving")
-        .expect("write");
     // 50 entries per cache (5 for rejected tokens), kept for longer than the test runs.
-    let adapter = delegated_adapter(
-        &cluster,
-        &run,
-        &broker.bootstrap(),
-        "127.0.0.1:0",
-        (&cert, &key),
-        &["--auth-cache-ttl", "5m", "--auth-cache-size", "50"],
-    )
-    .await;
+    let (_broker, cluster, adapter) = secured(&run, &["--auth-cache-ttl", "5m", "--auth-cache-size", "50"]).await;
     let metric_path = selecting(LAG, "consumergroup=billing");
     let anonymous = client(None);
     let _ = cluster.kubectl(&["create", "serviceaccount", "horizontal-pod-autoscaler", "-n", "kube-system"]);

@@ -83,16 +83,14 @@ impl Collector {
                     members: g
                         .members
                         .iter()
-                        .map(|m| Member {
-                            member_id: m.member_id.as_str().to_owned(),
-                            client_id: m.client_id.as_str().to_owned(),
-                            client_host: m.client_host.as_str().to_owned(),
-                            assignment: m
+                        .map(|m| {
+                            let assignment = m
                                 .assignment
                                 .topic_partitions
                                 .iter()
                                 .map(|t| (t.topic_name.0.as_str().to_owned(), sorted(&t.partitions)))
-                                .collect(),
+                                .collect();
+                            member(&m.member_id, &m.client_id, &m.client_host, assignment)
                         })
                         .collect(),
                 })),
@@ -133,15 +131,13 @@ impl Collector {
                         members: g
                             .members
                             .iter()
-                            .map(|m| Member {
-                                member_id: m.member_id.as_str().to_owned(),
-                                client_id: m.client_id.as_str().to_owned(),
-                                client_host: m.client_host.as_str().to_owned(),
-                                assignment: if consumer {
+                            .map(|m| {
+                                let assignment = if consumer {
                                     classic_assignment(m.member_assignment.clone())
                                 } else {
                                     BTreeMap::new()
-                                },
+                                };
+                                member(&m.member_id, &m.client_id, &m.client_host, assignment)
                             })
                             .collect(),
                     }))
@@ -242,6 +238,20 @@ impl Description {
     /// Neither protocol knows the group: it has no member.
     pub fn none() -> Self {
         Self { protocol: GroupProtocol::Unknown, state: None, members: Vec::new() }
+    }
+}
+
+fn member(
+    id: &kafka_protocol::protocol::StrBytes,
+    client_id: &kafka_protocol::protocol::StrBytes,
+    host: &kafka_protocol::protocol::StrBytes,
+    assignment: BTreeMap<String, Vec<i32>>,
+) -> Member {
+    Member {
+        member_id: id.as_str().to_owned(),
+        client_id: client_id.as_str().to_owned(),
+        client_host: host.as_str().to_owned(),
+        assignment,
     }
 }
 
