@@ -59,6 +59,9 @@ async fn secured(run: &RunDir, extra: &[&str]) -> (Broker, ControlPlane, Adapter
         .write(&run.sub("tls").expect("dir"), "serving")
         .expect("write");
     let adapter = delegated_adapter(&cluster, run, &broker.bootstrap(), "127.0.0.1:0", (&cert, &key), extra).await;
+    // Ready (a first collection from Kafka done) before anyone asks: on a busy machine the
+    // first cycle may still be running.
+    adapter.until("/readyz", "adapter ready", |code, _| code == 200).await;
     (broker, cluster, adapter)
 }
 
