@@ -140,7 +140,6 @@ async fn adapter_process(
 
 /// The cost of a cycle and the adapter's memory, without and with filters, in one run.
 async fn filters_side_by_side(broker: &Kafka, run: &RunDir, groups: usize) {
-    lag_adapter::tls::install_crypto_provider();
     let bootstrap: Vec<String> = broker.bootstrap().split(',').map(str::to_owned).collect();
     let none = BTreeSet::new();
     let filters =
@@ -223,6 +222,7 @@ fn verdict(ok: bool) -> &'static str {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    lag_adapter::tls::install_crypto_provider();
     let groups = env_or("BENCH_GROUPS", 200);
     let topics_n = env_or("BENCH_TOPICS", 50);
     let partitions = env_or("BENCH_PARTITIONS", 20) as i32;
@@ -290,7 +290,6 @@ async fn main() {
     // The adapter as its own process (release build), polling every 2 s.
     let (adapter, api, metrics_port) = adapter_process(&broker, &run, "lag-adapter", &[], 1.0).await;
     let pid = adapter.pid().expect("pid");
-    lag_adapter::tls::install_crypto_provider();
     let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("client");
     let probe_group = format!("group-{:03}", 7.min(groups - 1));
     let query =
