@@ -8,7 +8,8 @@ use lag_adapter::authz::Attributes;
 use lag_adapter::selector::Selector;
 use lag_adapter::targets::{TargetsFile, is_valid_metric_name};
 use mongodb::bson::DateTime;
-use projection_worker::decode::{Coordinates, decode};
+use mongodb::bson::{RawBsonRef, RawDocument};
+use projection_worker::decode::{Coordinates, DERIVED_FIELDS, decode};
 use projection_worker::events::Kind;
 
 /// Label selectors: no panic; what parses prints back to something that parses the same.
@@ -57,7 +58,43 @@ pub fn event(data: &[u8]) {
             for derived in ["ts", "kafka", "ingested_at"] {
                 assert!(document.contains_key(derived), "{derived}");
             }
+            // Every name once in every embedded document, checked on the raw bytes (a repeat
+            // would make MongoDB keep one value of two, silently).
+            unique_names(&decoded.document);
+            // Against a tree parser: what the streaming decoder accepts is a JSON object whose
+            // own fields are exactly the document's, less the derived ones.
+            let tree: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(data).expect("accepted input parses as a JSON object");
+            let mut source: Vec<&str> =
+                tree.keys().map(String::as_str).filter(|k| !DERIVED_FIELDS.contains(k)).collect();
+            let mut written: Vec<&str> =
+                document.keys().map(String::as_str).filter(|k| !DERIVED_FIELDS.contains(k)).collect();
+            source.sort_unstable();
+            written.sort_unstable();
+            assert_eq!(source, written, "the source fields, all and only them");
         }
+    }
+}
+
+/// Asserts that no document in `document` (recursively, arrays included) names a field twice.
+fn unique_names(document: &RawDocument) {
+    let mut names = std::collections::HashSet::new();
+    for element in document {
+        let (name, value) = element.expect("well-formed element");
+        assert!(names.insert(name.to_owned()), "field {name:?} twice");
+        nested(value);
+    }
+}
+
+fn nested(value: RawBsonRef<'_>) {
+    match value {
+        RawBsonRef::Document(d) => unique_names(d),
+        RawBsonRef::Array(a) => {
+            for v in a {
+                nested(v.expect("well-formed array element"));
+            }
+        }
+        _ => {}
     }
 }
 

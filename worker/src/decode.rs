@@ -352,8 +352,8 @@ mod bson_writer {
         }
 
         fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-            // (offset, length) of each name written so far, to catch a repeated one.
-            let mut names: Vec<(usize, usize)> = Vec::new();
+            // The names written so far, to catch a repeated one.
+            let mut names = Names::default();
             while let Some(name) = map.next_key_seed(Name)? {
                 if let Err(r) = check_key(&name) {
                     return Err(self.state.reject(r));
@@ -372,12 +372,12 @@ mod bson_writer {
                     continue;
                 }
                 let buf = &mut *self.state.buf;
-                if names.iter().any(|&(at, len)| &buf[at..at + len] == name.as_bytes()) {
+                if names.contains(buf, name.as_bytes()) {
                     return Err(self.state.reject(Rejection::Schema(format!("field name {name:?} given twice"))));
                 }
                 let element = buf.len();
                 buf.push(0);
-                names.push((buf.len(), name.len()));
+                names.insert(buf, buf.len(), name.len(), name.as_bytes());
                 buf.extend_from_slice(name.as_bytes());
                 buf.push(0);
                 let value_at = buf.len();
@@ -390,6 +390,52 @@ mod bson_writer {
                 }
             }
             Ok(())
+        }
+    }
+
+    /// The names of one object written so far, as (offset, length) in the output buffer: a
+    /// scan while they are few (every real event), a hash index past that, so an object with
+    /// tens of thousands of keys costs one lookup per key, not a scan. The index is keyed
+    /// (SipHash, a random key per process), so colliding names cannot be crafted; a true
+    /// 64-bit collision falls back to a scan.
+    #[derive(Default)]
+    struct Names {
+        list: Vec<(usize, usize)>,
+        /// name hash -> the first name with it, by position in `list`.
+        index: Option<(std::collections::HashMap<u64, usize>, std::hash::RandomState)>,
+    }
+
+    /// Past this many names a scan costs more than hashing.
+    const SCAN_LIMIT: usize = 16;
+
+    impl Names {
+        fn contains(&self, buf: &[u8], name: &[u8]) -> bool {
+            let same = |&(at, len): &(usize, usize)| &buf[at..at + len] == name;
+            match &self.index {
+                None => self.list.iter().any(same),
+                Some((index, keys)) => match index.get(&std::hash::BuildHasher::hash_one(keys, name)) {
+                    None => false,
+                    Some(&i) if same(&self.list[i]) => true,
+                    Some(_) => self.list.iter().any(same),
+                },
+            }
+        }
+
+        /// Adds the name about to be written at `at` (earlier names are already in `buf`).
+        fn insert(&mut self, buf: &[u8], at: usize, len: usize, name: &[u8]) {
+            self.list.push((at, len));
+            let last = self.list.len() - 1;
+            if self.index.is_none() && self.list.len() > SCAN_LIMIT {
+                let keys = std::hash::RandomState::new();
+                let mut index = std::collections::HashMap::with_capacity(self.list.len() * 4);
+                for (i, &(a, l)) in self.list[..last].iter().enumerate() {
+                    index.entry(std::hash::BuildHasher::hash_one(&keys, &buf[a..a + l])).or_insert(i);
+                }
+                self.index = Some((index, keys));
+            }
+            if let Some((index, keys)) = &mut self.index {
+                index.entry(std::hash::BuildHasher::hash_one(&*keys, name)).or_insert(last);
+            }
         }
     }
 
@@ -770,6 +816,42 @@ mod tests {
         let doc = document(&decode(Kind::TokenUsage, Some(json.as_bytes()), AT, 4096, now()).expect("valid"));
         assert_eq!(doc.get_document("b").and_then(|b| b.get_i64("k")), Ok(2));
         assert_eq!(doc.get_array("l").map(|l| l.len()), Ok(3));
+    }
+
+    /// An object with `keys` distinct keys `k0..`, plus `extra` (already comma-led).
+    fn wide(keys: usize, extra: &str) -> String {
+        let base = r#""schema_version":1,"event_id":"x","ts":"2026-11-23T14:19:10Z","model":"m","prompt_tokens":1,"completion_tokens":1,"latency_ms":1,"gpu_index":0"#;
+        let fields: Vec<String> = (0..keys).map(|i| format!(r#""k{i}":1"#)).collect();
+        format!(r#"{{{base},"o":{{{}{extra}}}}}"#, fields.join(","))
+    }
+
+    #[test]
+    fn repeated_names_are_caught_in_wide_objects_wherever_they_are() {
+        // Past the scan limit the index answers: repeats of the first, a middle and the last
+        // name, and a name that only shares a prefix (not a repeat).
+        for keys in [3, 16, 17, 40, 25_000] {
+            let limit = 1 << 20;
+            for (extra, code) in [
+                (",\"k0\":2".to_owned(), Some("schema_violation")),
+                (format!(",\"k{}\":2", keys / 2), Some("schema_violation")),
+                (format!(",\"k{}\":2", keys - 1), Some("schema_violation")),
+                (format!(",\"k{}0\":2", keys), None),
+            ] {
+                let json = wide(keys, &extra);
+                let got =
+                    decode(Kind::TokenUsage, Some(json.as_bytes()), AT, limit, now()).map(|_| ()).map_err(|r| r.code());
+                match code {
+                    Some(code) => assert_eq!(got, Err(code), "{keys} keys, extra {extra}"),
+                    None => assert_eq!(got, Ok(()), "{keys} keys, extra {extra}"),
+                }
+            }
+        }
+        // Every key kept, in order.
+        let json = wide(1_000, "");
+        let doc = document(&decode(Kind::TokenUsage, Some(json.as_bytes()), AT, 1 << 20, now()).expect("valid"));
+        let o = doc.get_document("o").expect("o");
+        assert_eq!(o.len(), 1_000);
+        assert_eq!(o.keys().nth(999).map(String::as_str), Some("k999"));
     }
 
     fn now() -> DateTime {
