@@ -255,9 +255,12 @@ async fn broker_outage_serves_last_good_then_503_then_recovers() {
     // part goes stale then), and `stop` returns only once the process is gone.
     let down = std::time::Instant::now();
     broker.stop();
-    // Within the max age: the last good values, unchanged (or, once older, a 503 below).
+    // Within the max age: the last good values, unchanged. (If stopping took most of the 3 s,
+    // the values are older than that by now: what follows covers it.)
     let (status, list) = adapter.json(&billing).await;
-    assert!(status == 503 || (status, total(&list)) == (200, 8), "{status} {list}");
+    if down.elapsed() < std::time::Duration::from_secs(2) {
+        assert_eq!((status, total(&list)), (200, 8), "{list}");
+    }
     // Past it: 503 that says why.
     let unavailable = adapter.until(&billing, "503 after max age", |s, _| s == 503).await;
     assert!(down.elapsed() >= std::time::Duration::from_secs(2), "served last good for a while");
