@@ -112,6 +112,83 @@ pub fn kafka_properties(flags: &[String]) -> Result<KafkaProperties, String> {
         .map(KafkaProperties)
 }
 
+/// A librdkafka property the worker's or the producer's guarantees depend on: the values that
+/// keep them (none: the setting belongs to a flag), and why.
+#[derive(Debug)]
+pub struct Guard {
+    pub key: &'static str,
+    pub allowed: &'static [&'static str],
+    pub why: &'static str,
+}
+
+/// What commit-after-write and the recreate-style rebalance rest on.
+pub const CONSUMER_GUARDS: &[Guard] = &[
+    Guard {
+        key: "enable.auto.commit",
+        allowed: &["false"],
+        why: "offsets are committed only after MongoDB acknowledged the events",
+    },
+    Guard {
+        key: "enable.auto.offset.store",
+        allowed: &["false"],
+        why: "the worker stores offsets itself, after the write",
+    },
+    Guard {
+        key: "partition.assignment.strategy",
+        allowed: &["range", "roundrobin"],
+        why: "recreate-style rebalancing needs an eager assignor (every member revokes everything)",
+    },
+    Guard {
+        key: "group.protocol",
+        allowed: &["classic"],
+        why: "the consumer protocol (KIP-848) rebalances incrementally, never revoking everything",
+    },
+    Guard { key: "group.instance.id", allowed: &[], why: "static membership skips the rebalance a restart must cause" },
+    Guard {
+        key: "isolation.level",
+        allowed: &["read_committed"],
+        why: "aborted transactional events must not be projected",
+    },
+    Guard {
+        key: "auto.offset.reset",
+        allowed: &["earliest", "smallest", "beginning"],
+        why: "a partition without a commit starts at its beginning, or events are lost",
+    },
+    Guard { key: "enable.partition.eof", allowed: &["false"], why: "end-of-partition events are not events" },
+    Guard { key: "group.id", allowed: &[], why: "set by --group" },
+    Guard { key: "bootstrap.servers", allowed: &[], why: "set by --bootstrap-servers" },
+    Guard { key: "client.id", allowed: &[], why: "the worker id (--worker-id) names the member in the assignment log" },
+];
+
+/// What keeps the producer from losing or reordering events on retries.
+pub const PRODUCER_GUARDS: &[Guard] = &[
+    Guard { key: "enable.idempotence", allowed: &["true"], why: "retries must not duplicate or reorder events" },
+    Guard { key: "acks", allowed: &["all", "-1"], why: "an event is sent once every in-sync replica has it" },
+    Guard {
+        key: "request.required.acks",
+        allowed: &["all", "-1"],
+        why: "an event is sent once every in-sync replica has it",
+    },
+    Guard { key: "bootstrap.servers", allowed: &[], why: "set by --bootstrap-servers" },
+];
+
+/// Refuses a property `guards` protect with a value that breaks them, naming the key and the
+/// allowed values (never the value given: it could be anything, a secret included).
+pub fn check_guarded(properties: &KafkaProperties, guards: &[Guard]) -> Result<(), String> {
+    for (key, value) in &properties.0 {
+        let Some(guard) = guards.iter().find(|g| g.key.eq_ignore_ascii_case(key.trim())) else { continue };
+        if !guard.allowed.iter().any(|a| a.eq_ignore_ascii_case(value.trim())) {
+            let allowed = if guard.allowed.is_empty() {
+                "it cannot be set here".to_owned()
+            } else {
+                format!("allowed: {}", guard.allowed.join(", "))
+            };
+            return Err(format!("--kafka-property {}: refused, {} ({allowed})", guard.key, guard.why));
+        }
+    }
+    Ok(())
+}
+
 /// librdkafka properties, whose values may be secrets (`sasl.password`): Debug shows keys only.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProperties(pub Vec<(String, String)>);
@@ -202,7 +279,7 @@ impl Config {
                 self.commit_interval, self.session_timeout
             ));
         }
-        kafka_properties(&self.kafka_properties)?;
+        check_guarded(&kafka_properties(&self.kafka_properties)?, CONSUMER_GUARDS)?;
         if self.batch_size == 0 {
             return Err("--batch-size must be at least 1".into());
         }
@@ -295,6 +372,38 @@ mod tests {
             .set("sasl.password", "pw")
             .create();
         assert!(consumer.is_ok(), "{:?}", consumer.err());
+    }
+
+    #[test]
+    fn properties_the_guarantees_depend_on_are_refused_by_key() {
+        let props = |entries: &[&str]| {
+            kafka_properties(&entries.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>()).expect("parse")
+        };
+        for (entry, needle) in [
+            ("enable.auto.commit=true", "enable.auto.commit"),
+            ("ENABLE.AUTO.OFFSET.STORE=true", "enable.auto.offset.store"),
+            ("partition.assignment.strategy=cooperative-sticky", "eager"),
+            ("group.protocol=consumer", "KIP-848"),
+            ("group.instance.id=w-1", "static membership"),
+            ("isolation.level=read_uncommitted", "aborted"),
+            ("auto.offset.reset=latest", "events are lost"),
+            ("group.id=other", "--group"),
+        ] {
+            let err = check_guarded(&props(&[entry]), CONSUMER_GUARDS).expect_err(entry);
+            let value = entry.split_once('=').map(|(_, v)| v).unwrap_or_default();
+            assert!(err.contains(needle) && !err.contains(&format!("={value}")), "{entry}: {err}");
+        }
+        for entry in [
+            "enable.auto.commit=false",
+            "partition.assignment.strategy=range",
+            "max.poll.interval.ms=15000",
+            "sasl.password=x",
+        ] {
+            assert_eq!(check_guarded(&props(&[entry]), CONSUMER_GUARDS), Ok(()), "{entry}");
+        }
+        assert!(check_guarded(&props(&["acks=1"]), PRODUCER_GUARDS).is_err());
+        assert!(check_guarded(&props(&["enable.idempotence=false"]), PRODUCER_GUARDS).is_err());
+        assert_eq!(check_guarded(&props(&["acks=all", "compression.type=zstd"]), PRODUCER_GUARDS), Ok(()));
     }
 
     #[test]

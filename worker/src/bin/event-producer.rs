@@ -64,7 +64,10 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     projection_worker::init_logging(false);
-    let kafka_properties = match projection_worker::config::kafka_properties(&args.kafka_properties) {
+    let parsed = projection_worker::config::kafka_properties(&args.kafka_properties).and_then(|p| {
+        projection_worker::config::check_guarded(&p, projection_worker::config::PRODUCER_GUARDS).map(|()| p)
+    });
+    let kafka_properties = match parsed {
         Ok(p) => p,
         Err(e) => {
             eprintln!("event-producer: {e}");
