@@ -116,6 +116,17 @@ impl Mongod {
         self.process.kill();
     }
 
+    /// SIGSTOP: mongod freezes with its connections open and answers nothing (a stalled disk,
+    /// a paused VM), which a client only notices by its own timeouts.
+    pub fn freeze(&self) -> Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONT: back from [`Mongod::freeze`].
+    pub fn thaw(&self) -> Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
     /// Starts again with the same dbpath and port; waits for a writable primary.
     pub async fn restart(&mut self) -> Result<()> {
         self.process.restart()?;

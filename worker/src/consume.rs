@@ -241,8 +241,8 @@ struct InFlight {
 enum Write {
     /// Gives the batch back (what failed stays in it), the outcome, and how long it took.
     Running(tokio::task::JoinHandle<(Batch, Result<(), String>, Duration)>),
-    /// Gave up at a deadline (revoke, shutdown) with this error; retried first next time.
-    Failed(Batch, String),
+    /// Refused by MongoDB; retried first (nothing after it is committed before it is written).
+    Failed(Batch),
 }
 
 impl Write {
@@ -270,6 +270,16 @@ struct Processing {
     /// `processed_by` of this worker and generation, appended to every document.
     stamp: RawDocumentBuf,
     revoked_at: Option<Instant>,
+    /// MongoDB refused the oldest batch: it is retried at `retry_at` while the loop keeps
+    /// polling (with intake paused), so the worker stays in its group however long it lasts.
+    outage: Option<Outage>,
+}
+
+#[derive(Debug, Clone)]
+struct Outage {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 #[derive(Debug)]
@@ -277,6 +287,8 @@ pub struct WorkerContext {
     processing: Mutex<Processing>,
     shared: Arc<Shared>,
     members_stale: AtomicBool,
+    /// A new assignment arrived (librdkafka does not carry a pause over to it).
+    reassigned: AtomicBool,
 }
 
 impl WorkerContext {
@@ -344,6 +356,7 @@ impl ConsumerContext for WorkerContext {
                 tracing::info!(generation = p.generation, partitions = ?list, "assigned");
                 p.record_assign(list);
                 self.members_stale.store(true, Ordering::Relaxed);
+                self.reassigned.store(true, Ordering::Relaxed);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -360,6 +373,10 @@ enum FlushError {
     /// The write task died: its batch is gone, so nothing after it may be committed.
     #[error("MongoDB write task failed: {0}")]
     Writer(tokio::task::JoinError),
+    /// MongoDB refused the oldest batch; it is retried later (the loop pauses intake and keeps
+    /// polling meanwhile).
+    #[error("MongoDB unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Processing {
@@ -416,10 +433,20 @@ impl Processing {
         self.in_flight.front().is_some_and(|f| f.write.is_finished())
     }
 
+    /// Intake must wait: MongoDB refused a batch (retried later), or every write slot is
+    /// taken and the next batch is full. Polling goes on either way.
+    fn must_hold_intake(&self) -> bool {
+        self.outage.is_some() || (self.in_flight.len() >= self.config.writes_in_flight && self.due())
+    }
+
     /// Hands the pending batch to MongoDB in the background, once fewer than
     /// `writes_in_flight` batches are being written.
     fn launch(&mut self, consumer: &BaseConsumer<WorkerContext>, deadline: Option<Instant>) -> Result<(), FlushError> {
         while self.in_flight.len() >= self.config.writes_in_flight {
+            if deadline.is_none() && !self.write_done() {
+                // The consume loop never waits on MongoDB: the batch waits (and intake with it).
+                return Ok(());
+            }
             self.settle_oldest(deadline)?;
         }
         self.commit(consumer, false)?;
@@ -454,9 +481,20 @@ impl Processing {
         self.commit(consumer, all)
     }
 
-    /// Waits for the oldest write in flight, retrying what failed (until `deadline`, or forever
-    /// without one unless stopping); its offsets then await the next commit.
+    /// True while a refused batch waits for its next attempt.
+    fn waiting_out_outage(&self) -> bool {
+        self.outage.as_ref().is_some_and(|o| Instant::now() < o.retry_at)
+    }
+
+    /// Waits for the oldest write in flight; its offsets then await the next commit. What
+    /// failed is retried: with a `deadline` (revoke, shutdown) until it; without one (the
+    /// consume loop) once per backoff step, returning `Unavailable` in between so the loop
+    /// keeps polling: however long MongoDB is away, the worker never misses
+    /// `max.poll.interval.ms` and stays in its group.
     fn settle_oldest(&mut self, deadline: Option<Instant>) -> Result<(), FlushError> {
+        if deadline.is_none() && self.waiting_out_outage() {
+            return Err(FlushError::Unavailable("waiting to retry".into()));
+        }
         let Some(in_flight) = self.in_flight.pop_front() else {
             return Ok(());
         };
@@ -470,17 +508,34 @@ impl Processing {
                     return Err(FlushError::Writer(e));
                 }
             },
-            Write::Failed(batch, e) => (batch, Err(e), Duration::ZERO),
+            Write::Failed(mut batch) => {
+                // Its retry is due: once now.
+                let started = Instant::now();
+                let running = RunningWrite::start(&self.shared);
+                let written = self.runtime.block_on(batch.write(&self.sink, &self.shared.metrics));
+                drop(running);
+                (batch, written, started.elapsed())
+            }
         };
         let mut backoff = Duration::from_millis(100);
         while let Err(e) = written {
             self.shared.metrics.write_errors.inc();
             self.shared.mongo_ok.store(false, Ordering::Relaxed);
-            let give_up = deadline.is_some_and(|d| Instant::now() + backoff > d)
-                || (deadline.is_none() && self.shared.stopping.load(Ordering::Relaxed));
-            if give_up {
+            if deadline.is_none() {
                 // Kept first in line: nothing after it may be committed until it is written.
-                let write = Write::Failed(batch, e.clone());
+                let now = Instant::now();
+                let (since, backoff) = match &self.outage {
+                    Some(o) => (o.since, (o.backoff * 2).min(Duration::from_secs(5))),
+                    None => (now, Duration::from_millis(100)),
+                };
+                self.outage = Some(Outage { since, retry_at: now + backoff, backoff });
+                tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB write failed; retrying while polling");
+                let write = Write::Failed(batch);
+                self.in_flight.push_front(InFlight { write, next_offsets });
+                return Err(FlushError::Unavailable(e));
+            }
+            if deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                let write = Write::Failed(batch);
                 self.in_flight.push_front(InFlight { write, next_offsets });
                 return Err(FlushError::Write(e));
             }
@@ -496,6 +551,9 @@ impl Processing {
             took = started.elapsed();
         }
         self.shared.mongo_ok.store(true, Ordering::Relaxed);
+        if let Some(outage) = self.outage.take() {
+            tracing::info!(lasted = ?outage.since.elapsed(), "MongoDB writes again");
+        }
         self.shared.metrics.batch_write_duration.observe(took.as_secs_f64());
         for (key, next) in next_offsets {
             let entry = self.uncommitted.entry(key).or_insert(next);
@@ -601,9 +659,11 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
             generation: 0,
             stamp: rawdoc! { "worker": worker.as_str(), "generation": 0_i64 },
             revoked_at: None,
+            outage: None,
         }),
         shared: Arc::clone(&shared),
         members_stale: AtomicBool::new(true),
+        reassigned: AtomicBool::new(false),
     };
     let heartbeat = (config.session_timeout / 10).max(Duration::from_millis(500));
     let mut client = ClientConfig::new();
@@ -640,6 +700,9 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
     tracing::info!(%worker, group = %config.group, "consuming");
 
     let mut members_checked = Instant::now();
+    // Intake paused while MongoDB is away: polling goes on (group membership, rebalances),
+    // nothing new is fetched, and the position stays after the last message taken.
+    let mut paused = false;
     while !shared.stopping.load(Ordering::Relaxed) {
         shared.touch();
         // The lock is never held across a poll: rebalance callbacks run inside it and take it.
@@ -664,20 +727,42 @@ pub fn run(config: Arc<Config>, sink: Sink, runtime: Handle, shared: Arc<Shared>
             }
             message = consumer.poll(Duration::ZERO);
         }
+        if consumer.context().reassigned.swap(false, Ordering::Relaxed) {
+            paused = false;
+        }
         let mut p = consumer.context().processing();
-        let step = if p.due() {
+        let step = if p.waiting_out_outage() {
+            Err(FlushError::Unavailable("waiting to retry".into()))
+        } else if p.due() {
             p.launch(&consumer, None)
         } else if p.write_done() || p.commit_due() {
             p.settle(&consumer, None, false)
         } else {
             Ok(())
         };
+        let hold = p.must_hold_intake();
         drop(p);
         match step {
             Err(FlushError::Writer(e)) => return Err(ConsumeError::Writer(e.to_string())),
+            // Retried when due; intake is held meanwhile (below).
+            Err(FlushError::Unavailable(_)) => {}
             // Not committed: what failed stays pending and is retried on the next round.
             Err(e) => tracing::warn!(error = %e, "flush failed"),
             Ok(()) => {}
+        }
+        if hold != paused {
+            let assignment = consumer.assignment()?;
+            if hold {
+                consumer.pause(&assignment)?;
+                tracing::warn!(
+                    partitions = assignment.count(),
+                    "MongoDB is behind or away: intake paused, still polling"
+                );
+            } else {
+                consumer.resume(&assignment)?;
+                tracing::info!(partitions = assignment.count(), "intake resumed");
+            }
+            paused = hold;
         }
         if consumer.context().members_stale.swap(false, Ordering::Relaxed)
             || members_checked.elapsed() > Duration::from_secs(10)

@@ -102,6 +102,53 @@ async fn a_mongod_outage_mid_stream_loses_nothing_and_flips_readiness() {
     assert!(metric(&text, "mongodb_write_errors_total") >= 1.0, "the outage was seen and retried: {text}");
 }
 
+/// MongoDB frozen for three times `max.poll.interval.ms` (15 s here, 300 s by default): the
+/// worker pauses intake and keeps polling, so it never leaves its group (no new generation,
+/// no reconfiguration) and, once MongoDB answers again, writes every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_outage_longer_than_the_poll_interval_keeps_the_worker_in_its_group() {
+    let run = RunDir::new("worker-long-outage").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let poll_interval = Duration::from_secs(15);
+    let w1 =
+        start_worker(&run, "w1", &broker.bootstrap(), &mongod, &["--kafka-property", "max.poll.interval.ms=15000"]);
+    wait_assigned(&[&w1], 12.0, Duration::from_secs(30)).await;
+    let producing = produce_in_background(&run, &broker.bootstrap(), 8000, 400);
+    wait_written(&[&w1], 500.0, Duration::from_secs(30)).await;
+    let before = get(w1.metrics, "/metrics").await.1;
+    assert_eq!((metric(&before, "generation"), metric(&before, "reconfiguration_total")), (1.0, 1.0), "{before}");
+
+    mongod.freeze().expect("freeze mongod");
+    let frozen = Instant::now();
+    let mut saw_not_ready = false;
+    // The outage is the fault itself: held for its length while the worker is watched.
+    while frozen.elapsed() < poll_interval * 3 {
+        saw_not_ready |= get(w1.http, "/ready").await.0 == 503;
+        assert_eq!(get(w1.http, "/health").await.0, 200, "alive throughout");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    mongod.thaw().expect("thaw mongod");
+    assert!(saw_not_ready, "not ready while MongoDB is away");
+
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    assert_eq!(expected.len(), 8000);
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(120)).await;
+    assert_eq!(stored_ids(&db).await, expected, "exactly once after a 45 s outage");
+    let after = get(w1.metrics, "/metrics").await.1;
+    assert_eq!(metric(&after, "generation"), 1.0, "never left the group: {after}");
+    assert_eq!(metric(&after, "reconfiguration_total"), 1.0, "no reconfiguration: {after}");
+    assert!(metric(&after, "mongodb_write_errors_total") >= 1.0, "the outage was seen: {after}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(w1.http, "/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_then_graceful_shutdown_commits_everything() {
     let run = RunDir::new("worker-broker").expect("run dir");
