@@ -198,10 +198,13 @@ impl Broker {
         self.node.kill();
     }
 
-    /// Starts again on the same ports with the same data and waits until ready.
+    /// Starts again on the same ports with the same data and waits until ready: Metadata
+    /// answers, and every partition of every topic is online (its log loaded, so ListOffsets
+    /// no longer answers NOT_LEADER_OR_FOLLOWER while the broker recovers it).
     pub async fn restart(&mut self) -> Result<()> {
         self.node.respawn()?;
-        self.node.wait_ready(1).await
+        self.node.wait_ready(1).await?;
+        wait_partitions_online(self).await
     }
 }
 
@@ -415,6 +418,37 @@ pub(crate) async fn with_metadata<T: Send + 'static>(
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))?
+}
+
+/// Waits until every partition of every non-internal topic answers a watermark query.
+pub async fn wait_partitions_online(endpoint: &impl KafkaEndpoint) -> Result<()> {
+    let config = endpoint.client_config();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let config = config.clone();
+        let offline = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let consumer: BaseConsumer = config.create()?;
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(2))?;
+            let mut offline = Vec::new();
+            for t in metadata.topics().iter().filter(|t| !t.name().starts_with("__")) {
+                for p in t.partitions() {
+                    if consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(2)).is_err() {
+                        offline.push(format!("{}/{}", t.name(), p.id()));
+                    }
+                }
+            }
+            Ok(offline)
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+        match offline {
+            Ok(list) if list.is_empty() => return Ok(()),
+            other if std::time::Instant::now() > deadline => {
+                return Err(Error::Other(format!("partitions still offline after 60 s: {other:?}")));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// One Metadata request; returns how many brokers it lists (the readiness probe).
