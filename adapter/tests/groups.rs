@@ -221,11 +221,11 @@ async fn a_target_on_an_unknown_group_is_404_unless_it_opts_into_empty() {
     task.abort();
 }
 
-/// A share group (KIP-932) consumed by Kafka's own console share consumer: its backlog is
-/// log-end minus the share-partition start offset, served as `kafka_sharegroup_lag` and through
-/// a target with no partition cap.
+/// A share group (KIP-932) consumed by Kafka's own console share consumer: its backlog is the
+/// broker's share-partition lag (DescribeShareGroupOffsets v1), served as
+/// `kafka_sharegroup_lag` and through a target with no partition cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn share_group_backlog_is_served_from_the_share_partition_start_offsets() {
+async fn share_group_backlog_is_the_brokers_share_partition_lag() {
     let run = RunDir::new("groups-share").expect("run dir");
     let broker = Broker::start(&run).await.expect("broker");
     broker.create_topic("jobs", 2).await.expect("topic");
