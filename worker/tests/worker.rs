@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{count, get, metric, start_worker};
+use common::{Worker, count, get, metric, start_worker};
 use futures::TryStreamExt;
 use lagscale_tests::{Broker, Mongod, RunDir};
 use mongodb::bson::{Document, doc};
@@ -20,16 +20,16 @@ async fn exactly_once_across_scaling_with_recreate_rebalances() {
     let mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
 
-    // A stream the workers chase while they scale: 12,000 events over ~8 s, 2 % malformed.
+    // A stream the workers chase while they scale: 24,000 events over ~24 s, 2 % malformed.
     let ids = run.path().join("ids.tsv");
     let producer = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-producer"))
         .args([
             "--bootstrap-servers",
             &broker.bootstrap(),
             "--count",
-            "12000",
+            "24000",
             "--rate",
-            "1500",
+            "1000",
             "--malformed-share",
             "0.02",
             "--json",
@@ -39,24 +39,27 @@ async fn exactly_once_across_scaling_with_recreate_rebalances() {
         .output();
     let producing = tokio::spawn(producer);
 
+    // Each step once the previous one settled and its workers wrote (conditions, not sleeps);
+    // each must happen while the stream runs.
     let mut workers = vec![start_worker(&run, "w1", &broker.bootstrap(), &mongod, &[])];
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    settled(&workers, 12.0, &producing).await;
     workers.push(start_worker(&run, "w2", &broker.bootstrap(), &mongod, &[]));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    settled(&workers, 6.0, &producing).await;
     workers.push(start_worker(&run, "w3", &broker.bootstrap(), &mongod, &[]));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    settled(&workers, 4.0, &producing).await;
     // Scale down: SIGTERM, as the kubelet does.
     let mut leaving = workers.remove(0);
     let stopped = Instant::now();
     leaving.process.stop(Duration::from_secs(30));
     assert!(stopped.elapsed() < Duration::from_secs(10), "graceful shutdown took {:?}", stopped.elapsed());
 
+    assert!(!producing.is_finished(), "the scale-down happened mid-stream");
     let out = producing.await.expect("join").expect("producer ran");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
     let malformed = summary["malformed"].as_u64().expect("malformed");
     let expected = common::produced_ids(&ids);
-    assert_eq!(expected.len() as u64, 12_000 - malformed);
+    assert_eq!(expected.len() as u64, 24_000 - malformed);
 
     let deadline = Instant::now() + Duration::from_secs(90);
     while count(&db).await < expected.len() as u64 {
@@ -99,6 +102,46 @@ async fn exactly_once_across_scaling_with_recreate_rebalances() {
         }
     }
 
+    // No partition processed by two workers at once, from the documents themselves: in every
+    // partition, each (worker, generation) wrote one contiguous run of offsets.
+    let mut owners: BTreeMap<(String, i32), Vec<(i64, String)>> = BTreeMap::new();
+    for c in ["gpu_metrics", "token_usage"] {
+        let mut cursor = db
+            .collection::<Document>(c)
+            .find(doc! {})
+            .projection(doc! { "kafka": 1, "processed_by": 1 })
+            .await
+            .expect("find");
+        while let Some(d) = cursor.try_next().await.expect("cursor") {
+            let kafka = d.get_document("kafka").expect("kafka");
+            let by = d.get_document("processed_by").expect("processed_by");
+            let owner =
+                format!("{}#{}", by.get_str("worker").expect("worker"), by.get_i64("generation").expect("generation"));
+            owners
+                .entry((
+                    kafka.get_str("topic").expect("topic").to_owned(),
+                    kafka.get_i32("partition").expect("partition"),
+                ))
+                .or_default()
+                .push((kafka.get_i64("offset").expect("offset"), owner));
+        }
+    }
+    // (The producer keys events by host and GPU: not every partition gets some.)
+    assert!(owners.len() >= 6, "{}", owners.len());
+    let mut generations = HashSet::new();
+    for (partition, mut written) in owners {
+        written.sort();
+        let mut runs: Vec<&str> = Vec::new();
+        for (_, owner) in &written {
+            if runs.last() != Some(&owner.as_str()) {
+                assert!(!runs.contains(&owner.as_str()), "{partition:?}: {owner} wrote two separate runs: {runs:?}");
+                runs.push(owner);
+            }
+        }
+        generations.extend(runs.iter().map(|r| (*r).to_owned()));
+    }
+    assert!(generations.len() >= 4, "the partitions changed hands as the group scaled: {generations:?}");
+
     // The survivors settle on 2 members x 6 partitions. A graceful stop sends LeaveGroup, so
     // this happens well before the 10 s session timeout would notice a silent departure.
     let settle = Instant::now();
@@ -135,4 +178,24 @@ async fn exactly_once_across_scaling_with_recreate_rebalances() {
         total
     };
     assert!(written > 0.0);
+}
+
+/// Waits until every worker holds `partitions` partitions and has written since, while the
+/// producer still runs.
+async fn settled<T>(workers: &[Worker], partitions: f64, producing: &tokio::task::JoinHandle<T>) {
+    let refs: Vec<&Worker> = workers.iter().collect();
+    common::wait_assigned(&refs, partitions, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut written = true;
+        for w in workers {
+            written &= metric(&get(w.metrics, "/metrics").await.1, "events_processed_total{outcome=\"written\"") > 0.0;
+        }
+        if written {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every worker wrote within 30 s of settling");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!producing.is_finished(), "scaled to {} workers mid-stream", workers.len());
 }
