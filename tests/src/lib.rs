@@ -26,5 +26,5 @@ pub use error::{Error, Result};
 pub use kafka::{Broker, BrokerOptions, Endpoint, KafkaEndpoint};
 pub use kafka_cluster::BrokerCluster;
 pub use kube::{ControlPlane, ControlPlaneOptions};
-pub use mongo::Mongod;
+pub use mongo::{MongoReplicaSet, Mongod};
 pub use rundir::RunDir;

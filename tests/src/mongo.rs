@@ -134,6 +134,131 @@ impl Mongod {
     }
 }
 
+/// Three genuine mongod processes as one replica set (`rs3`) on loopback: writes with the
+/// default majority write concern survive the loss of the primary, and an election (made
+/// quick here: 2 s election timeout) picks a new one.
+#[derive(Debug)]
+pub struct MongoReplicaSet {
+    members: Vec<(ServiceProcess, u16)>,
+}
+
+pub const REPLICA_SET_3: &str = "rs3";
+
+impl MongoReplicaSet {
+    pub async fn start(run: &RunDir) -> Result<Self> {
+        let binary = tools::mongod()?;
+        let mut members = Vec::new();
+        for i in 0..3 {
+            let dir = run.sub(&format!("mongo-rs-{i}"))?;
+            let dbpath = run.sub(&format!("mongo-rs-{i}/db"))?;
+            let port = free_port()?;
+            let args = vec![
+                "--dbpath".into(),
+                dbpath.into_os_string(),
+                "--bind_ip".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string().into(),
+                "--replSet".into(),
+                REPLICA_SET_3.into(),
+                "--wiredTigerCacheSizeGB".into(),
+                "0.25".into(),
+                "--setParameter".into(),
+                "diagnosticDataCollectionEnabled=false".into(),
+                "--wiredTigerEngineConfigString".into(),
+                "log=(file_max=16MB,prealloc=false)".into(),
+            ];
+            members.push((ServiceProcess::spawn(&format!("mongod-{i}"), &binary, args, &dir)?, port));
+        }
+        let set = Self { members };
+        set.initiate().await?;
+        Ok(set)
+    }
+
+    fn direct(port: u16) -> String {
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000")
+    }
+
+    async fn initiate(&self) -> Result<()> {
+        let first = self.members[0].1;
+        let client = mongodb::Client::with_options(ClientOptions::parse(Self::direct(first)).await?)?;
+        let admin = client.database("admin");
+        let hosts: Vec<Document> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, (_, port))| doc! { "_id": i as i32, "host": format!("127.0.0.1:{port}") })
+            .collect();
+        let config = doc! {
+            "_id": REPLICA_SET_3,
+            "members": hosts,
+            "settings": { "electionTimeoutMillis": 2000, "heartbeatIntervalMillis": 500 },
+        };
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            // Retried until every member listens; "already initialized" means an earlier try took.
+            match admin.run_command(doc! { "replSetInitiate": config.clone() }).await {
+                Ok(_) => break,
+                Err(e) if e.to_string().contains("already initialized") => break,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    return Err(Error::Other(format!("replSetInitiate: {e}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        self.wait_primary(None).await.map(|_| ())
+    }
+
+    /// The replica-set URI with every member, as a worker would use.
+    pub fn uri(&self) -> String {
+        let hosts: Vec<String> = self.members.iter().map(|(_, port)| format!("127.0.0.1:{port}")).collect();
+        format!("mongodb://{}/?replicaSet={REPLICA_SET_3}", hosts.join(","))
+    }
+
+    pub async fn client(&self) -> Result<mongodb::Client> {
+        Ok(mongodb::Client::with_uri_str(self.uri()).await?)
+    }
+
+    /// Waits until some member other than `not` is a writable primary with a majority of the
+    /// set up; returns its index.
+    pub async fn wait_primary(&self, not: Option<usize>) -> Result<usize> {
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            for (i, (process, port)) in self.members.iter().enumerate() {
+                if Some(i) == not || process.pid().is_none() {
+                    continue;
+                }
+                let Ok(options) = ClientOptions::parse(Self::direct(*port)).await else { continue };
+                let Ok(client) = mongodb::Client::with_options(options) else { continue };
+                if let Ok(hello) = client.database("admin").run_command(doc! { "hello": 1 }).await
+                    && hello.get_bool("isWritablePrimary").unwrap_or(false)
+                {
+                    return Ok(i);
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Other("no writable primary within 60 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `kill -9` of member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some((process, _)) = self.members.get_mut(i) {
+            process.kill();
+        }
+    }
+
+    /// Starts member `i` again with its data.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        match self.members.get_mut(i) {
+            Some((process, _)) => process.restart(),
+            None => Err(Error::Other(format!("no member {i}"))),
+        }
+    }
+}
+
 /// The pipeline's event collections.
 pub const EVENT_COLLECTIONS: [&str; 2] = ["gpu_metrics", "token_usage"];
 

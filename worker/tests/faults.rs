@@ -149,6 +149,44 @@ async fn a_mongodb_outage_longer_than_the_poll_interval_keeps_the_worker_in_its_
     }
 }
 
+/// A three-member MongoDB replica set (majority write concern, the default): the primary is
+/// killed mid-stream, the others elect a new one, and the worker writes on: every event
+/// exactly once, nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_primary_kill_9_mid_batch_elects_and_loses_nothing() {
+    let run = RunDir::new("worker-mongo-election").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mut set = lagscale_tests::MongoReplicaSet::start(&run).await.expect("replica set");
+    let db = set.client().await.expect("client").database("pipeline");
+    let w1 = common::start_worker_at(&run, "w1", &broker.bootstrap(), &set.uri(), &[]);
+    wait_assigned(&[&w1], 12.0, Duration::from_secs(30)).await;
+    let producing = produce_in_background(&run, &broker.bootstrap(), 10000, 800);
+    wait_written(&[&w1], 1000.0, Duration::from_secs(30)).await;
+
+    let primary = set.wait_primary(None).await.expect("primary");
+    set.kill(primary);
+    let killed = Instant::now();
+    let elected = set.wait_primary(Some(primary)).await.expect("a new primary");
+    let election = killed.elapsed();
+    assert_ne!(elected, primary);
+
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    assert_eq!(expected.len(), 10_000);
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(120)).await;
+    assert_eq!(stored_ids(&db).await, expected, "exactly once across the election");
+    let text = get(w1.metrics, "/metrics").await.1;
+    assert_eq!(metric(&text, "reconfiguration_total"), 1.0, "the worker stayed in its group: {text}");
+    // The driver's retryable writes usually carry a batch across the election unseen; a write
+    // error, if any, was retried by the worker.
+    let errors = metric(&text, "mongodb_write_errors_total");
+    eprintln!("primary {primary} killed; member {elected} elected in {election:?}; worker write errors: {errors}");
+    lagscale_tests::report::recovery("mongod primary kill -9 (3-member set)", "kill -> new writable primary", election);
+    // The old primary rejoins as a secondary.
+    set.restart(primary).expect("restart old primary");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_then_graceful_shutdown_commits_everything() {
     let run = RunDir::new("worker-broker").expect("run dir");

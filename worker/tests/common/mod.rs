@@ -17,12 +17,17 @@ pub struct Worker {
 
 /// Starts a worker process; `extra` flags come last and win (e.g. another `--database`).
 pub fn start_worker(run: &RunDir, name: &str, bootstrap: &str, mongod: &Mongod, extra: &[&str]) -> Worker {
+    start_worker_at(run, name, bootstrap, &mongod.uri(), extra)
+}
+
+/// Starts a worker process writing to the MongoDB at `uri`.
+pub fn start_worker_at(run: &RunDir, name: &str, bootstrap: &str, uri: &str, extra: &[&str]) -> Worker {
     let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
     let args: Vec<OsString> = [
         "--bootstrap-servers",
         bootstrap,
         "--mongodb-uri",
-        &mongod.uri(),
+        uri,
         "--worker-id",
         name,
         "--http-listen",
