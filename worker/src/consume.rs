@@ -58,6 +58,8 @@ pub struct Shared {
     next_write: AtomicU64,
     pub mongo_ok: AtomicBool,
     pub stopping: AtomicBool,
+    /// Dead-letter log lines: 20 per 10 s (a poison stream must not flood the log).
+    dead_letter_log: Mutex<crate::log_budget::LogBudget>,
 }
 
 impl Shared {
@@ -70,6 +72,24 @@ impl Shared {
             next_write: AtomicU64::new(0),
             mongo_ok: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            dead_letter_log: Mutex::new(crate::log_budget::LogBudget::new(20, Duration::from_secs(10))),
+        }
+    }
+
+    /// One event dead-lettered: counted always, logged within the log budget (the lines left
+    /// out are counted in the next one).
+    fn dead_lettered(&self, letter: &DeadLetter) {
+        self.metrics.events_processed.with_label_values(&[&letter.topic, "dead_lettered"]).inc();
+        let admitted = self.dead_letter_log.lock().unwrap_or_else(|p| p.into_inner()).admit(Instant::now());
+        if let Some(left_out) = admitted {
+            tracing::info!(
+                topic = %letter.topic,
+                partition = letter.partition,
+                offset = letter.offset,
+                reason = letter.rejection.code(),
+                left_out,
+                "dead-lettered"
+            );
         }
     }
 
@@ -145,7 +165,8 @@ impl Batch {
     /// Writes every collection's documents (the collections at the same time: independent
     /// inserts that mongod overlaps, e.g. in one journal flush), then the dead letters; what
     /// succeeded leaves the batch, so a retry sends only the rest.
-    async fn write(&mut self, sink: &Sink, metrics: &Metrics) -> Result<(), String> {
+    async fn write(&mut self, sink: &Sink, shared: &Shared) -> Result<(), String> {
+        let metrics = &shared.metrics;
         let writes = self.documents.iter().map(|(topic, documents)| async move {
             (topic.clone(), sink.write(topic, documents).await.map_err(|e| e.to_string()))
         });
@@ -174,8 +195,7 @@ impl Batch {
         if !self.dead.is_empty() {
             sink.dead_letter(&self.dead).await.map_err(|e| e.to_string())?;
             for letter in self.dead.drain(..) {
-                metrics.events_processed.with_label_values(&[&letter.topic, "dead_lettered"]).inc();
-                tracing::info!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, reason = letter.rejection.code(), "dead-lettered");
+                shared.dead_lettered(&letter);
             }
         }
         Ok(())
@@ -459,7 +479,7 @@ impl Processing {
             let _running = RunningWrite::start(&shared);
             let started = Instant::now();
             let mut batch = pending.batch;
-            let result = batch.write(&sink, &shared.metrics).await;
+            let result = batch.write(&sink, &shared).await;
             (batch, result, started.elapsed())
         });
         let next_offsets = pending.next_offsets.into_iter().map(|(t, p, next)| ((t, p), next)).collect();
@@ -512,7 +532,7 @@ impl Processing {
                 // Its retry is due: once now.
                 let started = Instant::now();
                 let running = RunningWrite::start(&self.shared);
-                let written = self.runtime.block_on(batch.write(&self.sink, &self.shared.metrics));
+                let written = self.runtime.block_on(batch.write(&self.sink, &self.shared));
                 drop(running);
                 (batch, written, started.elapsed())
             }
@@ -546,7 +566,7 @@ impl Processing {
             backoff = (backoff * 2).min(Duration::from_secs(5));
             let started = Instant::now();
             let running = RunningWrite::start(&self.shared);
-            written = self.runtime.block_on(batch.write(&self.sink, &self.shared.metrics));
+            written = self.runtime.block_on(batch.write(&self.sink, &self.shared));
             drop(running);
             took = started.elapsed();
         }

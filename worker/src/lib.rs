@@ -6,6 +6,7 @@ pub mod consume;
 pub mod decode;
 pub mod events;
 pub mod http;
+pub mod log_budget;
 pub mod metrics;
 pub mod producer;
 pub mod sink;
