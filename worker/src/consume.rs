@@ -158,6 +158,9 @@ impl Drop for RunningWrite {
 struct Batch {
     /// collection (= topic) -> documents
     documents: BTreeMap<String, Vec<RawDocumentBuf>>,
+    /// collection -> (partition, offset) of each document, beside it: a document MongoDB
+    /// refuses is dead-lettered with its coordinates without reading them back out of it.
+    coordinates: BTreeMap<String, Vec<(i32, i64)>>,
     dead: Vec<DeadLetter>,
 }
 
@@ -183,9 +186,10 @@ impl Batch {
             metrics.events_processed.with_label_values(&[&topic, "written"]).inc_by(outcome.written);
             metrics.events_processed.with_label_values(&[&topic, "duplicate"]).inc_by(outcome.duplicates);
             let documents = self.documents.remove(&topic).unwrap_or_default();
+            let coordinates = self.coordinates.remove(&topic).unwrap_or_default();
             for (index, code, message) in outcome.refused {
-                if let Some(document) = documents.get(index) {
-                    self.dead.push(refused(&topic, document, code, message));
+                if let (Some(document), Some(&(partition, offset))) = (documents.get(index), coordinates.get(index)) {
+                    self.dead.push(refused(&topic, partition, offset, document, code, message));
                 }
             }
         }
@@ -202,12 +206,16 @@ impl Batch {
     }
 }
 
-/// A dead letter for a document MongoDB refused: coordinates from its `kafka` field, the
-/// document itself (as extended JSON) as the payload.
-fn refused(topic: &str, document: &RawDocumentBuf, code: i32, message: String) -> DeadLetter {
-    let kafka = document.get_document("kafka").ok();
-    let partition = kafka.and_then(|k| k.get_i32("partition").ok()).unwrap_or(-1);
-    let offset = kafka.and_then(|k| k.get_i64("offset").ok()).unwrap_or(-1);
+/// A dead letter for a document MongoDB refused, at its coordinates, the document itself (as
+/// extended JSON) as the payload.
+fn refused(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    document: &RawDocumentBuf,
+    code: i32,
+    message: String,
+) -> DeadLetter {
     let payload = document
         .to_document()
         .map(|d| Bson::Document(d).into_relaxed_extjson().to_string().into_bytes())
@@ -421,11 +429,17 @@ impl Processing {
         match decoded {
             Ok(mut event) => {
                 event.document.append_ref("processed_by", &self.stamp);
-                let documents = &mut self.pending.batch.documents;
-                match documents.get_mut(topic) {
+                let batch = &mut self.pending.batch;
+                match batch.documents.get_mut(topic) {
                     Some(list) => list.push(event.document),
                     None => {
-                        documents.insert(topic.to_owned(), vec![event.document]);
+                        batch.documents.insert(topic.to_owned(), vec![event.document]);
+                    }
+                }
+                match batch.coordinates.get_mut(topic) {
+                    Some(list) => list.push((at.partition, at.offset)),
+                    None => {
+                        batch.coordinates.insert(topic.to_owned(), vec![(at.partition, at.offset)]);
                     }
                 }
             }

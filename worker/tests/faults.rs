@@ -295,6 +295,20 @@ async fn documents_mongodb_refuses_are_dead_lettered_without_blocking_partitions
             let payload: serde_json::Value =
                 serde_json::from_str(letter.get_str("payload").expect("payload")).expect("extended JSON");
             assert!(payload["utilization"].as_f64().expect("utilization") >= 0.5, "only violators refused");
+            // The letter's coordinates are the event's own (they travel beside the document).
+            let at = letter.get_document("kafka").expect("kafka");
+            assert_eq!(
+                (i64::from(at.get_i32("partition").expect("partition")), at.get_i64("offset").expect("offset")),
+                (
+                    payload["kafka"]["partition"].as_i64().expect("payload partition"),
+                    payload["kafka"]["offset"]["$numberLong"]
+                        .as_str()
+                        .and_then(|o| o.parse().ok())
+                        .or_else(|| payload["kafka"]["offset"].as_i64())
+                        .expect("payload offset")
+                ),
+                "{letter}"
+            );
             assert!(ids.insert(payload["_id"].as_str().expect("_id").to_owned()), "dead-lettered once");
         }
         ids
