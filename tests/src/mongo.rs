@@ -16,6 +16,27 @@ use crate::tools;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REPLICA_SET: &str = "rs0";
 
+/// A replica-set member on loopback with small caches and journal files.
+fn mongod_args(dbpath: &std::path::Path, port: u16, set: &str) -> Vec<std::ffi::OsString> {
+    vec![
+        "--dbpath".into(),
+        dbpath.as_os_str().to_owned(),
+        "--bind_ip".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string().into(),
+        "--replSet".into(),
+        set.into(),
+        "--wiredTigerCacheSizeGB".into(),
+        "0.25".into(),
+        "--setParameter".into(),
+        "diagnosticDataCollectionEnabled=false".into(),
+        // The default journal preallocates ~300 MB per data directory.
+        "--wiredTigerEngineConfigString".into(),
+        "log=(file_max=16MB,prealloc=false)".into(),
+    ]
+}
+
 #[derive(Debug)]
 pub struct Mongod {
     process: ServiceProcess,
@@ -30,24 +51,7 @@ impl Mongod {
         let dir = run.sub("mongo")?;
         let dbpath = run.sub("mongo/db")?;
         let port = free_port()?;
-        let args = vec![
-            "--dbpath".into(),
-            dbpath.clone().into_os_string(),
-            "--bind_ip".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string().into(),
-            "--replSet".into(),
-            REPLICA_SET.into(),
-            "--wiredTigerCacheSizeGB".into(),
-            "0.25".into(),
-            "--setParameter".into(),
-            "diagnosticDataCollectionEnabled=false".into(),
-            // The default journal preallocates ~300 MB per data directory.
-            "--wiredTigerEngineConfigString".into(),
-            "log=(file_max=16MB,prealloc=false)".into(),
-        ];
-        let process = ServiceProcess::spawn("mongod", &binary, args, &dir)?;
+        let process = ServiceProcess::spawn("mongod", &binary, mongod_args(&dbpath, port, REPLICA_SET), &dir)?;
         let mut mongod = Self { process, port, dbpath };
         mongod.wait_ready().await?;
         Ok(mongod)
@@ -152,22 +156,7 @@ impl MongoReplicaSet {
             let dir = run.sub(&format!("mongo-rs-{i}"))?;
             let dbpath = run.sub(&format!("mongo-rs-{i}/db"))?;
             let port = free_port()?;
-            let args = vec![
-                "--dbpath".into(),
-                dbpath.into_os_string(),
-                "--bind_ip".into(),
-                "127.0.0.1".into(),
-                "--port".into(),
-                port.to_string().into(),
-                "--replSet".into(),
-                REPLICA_SET_3.into(),
-                "--wiredTigerCacheSizeGB".into(),
-                "0.25".into(),
-                "--setParameter".into(),
-                "diagnosticDataCollectionEnabled=false".into(),
-                "--wiredTigerEngineConfigString".into(),
-                "log=(file_max=16MB,prealloc=false)".into(),
-            ];
+            let args = mongod_args(&dbpath, port, REPLICA_SET_3);
             members.push((ServiceProcess::spawn(&format!("mongod-{i}"), &binary, args, &dir)?, port));
         }
         let set = Self { members };

@@ -613,16 +613,8 @@ async fn a_poison_event_in_every_partition_blocks_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_broker_kill_9_on_three_brokers_loses_nothing() {
     let run = RunDir::new("worker-leader-kill").expect("run dir");
-    let mut cluster = lagscale_tests::BrokerCluster::start(&run, 3).await.expect("cluster");
-    for t in ["gpu_metrics", "token_usage"] {
-        cluster.create_topic(t, 6).await.expect("topic");
-    }
-    let mongod = Mongod::start(&run).await.expect("mongod");
-    let db = mongod.client().await.expect("client").database("pipeline");
+    let (mut cluster, _mongod, db, w1, w2) = two_workers_on_three_brokers(&run).await;
     let bootstrap = cluster.bootstrap();
-    let w1 = start_worker(&run, "w1", &bootstrap, &mongod, &[]);
-    let w2 = start_worker(&run, "w2", &bootstrap, &mongod, &[]);
-    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(60)).await;
 
     let producing = produce_in_background(&run, &bootstrap, 15000, 1500);
     wait_written(&[&w1, &w2], 2000.0, Duration::from_secs(60)).await;
@@ -667,16 +659,8 @@ async fn leader_broker_kill_9_on_three_brokers_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_three_brokers_loses_nothing() {
     let run = RunDir::new("worker-rolling-restart").expect("run dir");
-    let mut cluster = lagscale_tests::BrokerCluster::start(&run, 3).await.expect("cluster");
-    for t in ["gpu_metrics", "token_usage"] {
-        cluster.create_topic(t, 6).await.expect("topic");
-    }
-    let mongod = Mongod::start(&run).await.expect("mongod");
-    let db = mongod.client().await.expect("client").database("pipeline");
+    let (mut cluster, _mongod, db, w1, w2) = two_workers_on_three_brokers(&run).await;
     let bootstrap = cluster.bootstrap();
-    let w1 = start_worker(&run, "w1", &bootstrap, &mongod, &[]);
-    let w2 = start_worker(&run, "w2", &bootstrap, &mongod, &[]);
-    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(60)).await;
 
     let producing = produce_in_background(&run, &bootstrap, 20000, 500);
     wait_written(&[&w1, &w2], 1000.0, Duration::from_secs(60)).await;
@@ -702,4 +686,22 @@ async fn rolling_restart_of_three_brokers_loses_nothing() {
     for w in [&w1, &w2] {
         assert_eq!(get(w.http, "/ready").await.0, 200, "ready");
     }
+}
+
+/// Three brokers (replication factor 3) with the pipeline's topics, a mongod, and two workers
+/// holding 6 partitions each.
+async fn two_workers_on_three_brokers(
+    run: &RunDir,
+) -> (lagscale_tests::BrokerCluster, Mongod, mongodb::Database, common::Worker, common::Worker) {
+    let cluster = lagscale_tests::BrokerCluster::start(run, 3).await.expect("cluster");
+    for t in ["gpu_metrics", "token_usage"] {
+        cluster.create_topic(t, 6).await.expect("topic");
+    }
+    let mongod = Mongod::start(run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let bootstrap = cluster.bootstrap();
+    let w1 = start_worker(run, "w1", &bootstrap, &mongod, &[]);
+    let w2 = start_worker(run, "w2", &bootstrap, &mongod, &[]);
+    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(60)).await;
+    (cluster, mongod, db, w1, w2)
 }
