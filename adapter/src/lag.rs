@@ -22,16 +22,21 @@ pub struct Watermarks {
     pub log_end: i64,
 }
 
-/// Messages behind: log-end - committed, where a commit below log-start counts from log-start
-/// (older messages were deleted by retention and will never be consumed). Never negative: a
-/// commit read after the watermark it overtook would otherwise give negative lag.
-pub fn partition_lag(committed: Option<i64>, marks: Watermarks, policy: OffsetPolicy) -> u64 {
-    let from = match (committed, policy) {
+/// Where the group's consumer starts reading: its commit, where a commit below log-start counts
+/// from log-start (older messages were deleted by retention and will never be consumed); with
+/// no commit, where the policy says.
+pub fn start_offset(committed: Option<i64>, marks: Watermarks, policy: OffsetPolicy) -> i64 {
+    match (committed, policy) {
         (Some(c), _) if c >= 0 => c.max(marks.log_start),
         (_, OffsetPolicy::Latest) => marks.log_end,
         (_, OffsetPolicy::Earliest) => marks.log_start,
-    };
-    u64::try_from(marks.log_end.saturating_sub(from)).unwrap_or(0)
+    }
+}
+
+/// Messages behind: log-end - [`start_offset`]. Never negative: a commit read after the
+/// watermark it overtook would otherwise give negative lag.
+pub fn partition_lag(committed: Option<i64>, marks: Watermarks, policy: OffsetPolicy) -> u64 {
+    u64::try_from(marks.log_end.saturating_sub(start_offset(committed, marks, policy))).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::history::OffsetHistory;
 use hpa_model::cap::{CapApplied, TargetValue, target_value};
 use hpa_model::quantity::Quantity;
 
-use crate::lag::{OffsetPolicy, Watermarks, partition_lag};
+use crate::lag::{OffsetPolicy, Watermarks, partition_lag, start_offset};
 use crate::targets::{Target, TargetMetric};
 
 #[derive(Debug, Clone, Serialize)]
@@ -222,17 +222,14 @@ fn topic_lag(
     for (p, m) in marks.iter().enumerate() {
         let partition = p as i32;
         let committed = commits.and_then(|c| c.get(&partition)).copied();
-        // The broker's own lag where it reports one (share groups), else from the offsets.
-        let lag = match reported.and_then(|r| r.get(&partition)) {
-            Some(&l) => u64::try_from(l.min(m.log_end.saturating_sub(m.log_start))).unwrap_or(0),
-            None => partition_lag(committed, *m, policy),
-        };
-        // Where the consumer would start (its commit, else what the policy says); with a
-        // reported lag, the oldest record still waiting.
-        let from = match reported.and_then(|r| r.get(&partition)) {
-            Some(_) => m.log_end.saturating_sub(lag as i64),
-            None => committed
-                .map_or(if policy == OffsetPolicy::Earliest { m.log_start } else { m.log_end }, |c| c.max(m.log_start)),
+        // The broker's own lag where it reports one (share groups), else from the offsets; and
+        // the oldest record still waiting.
+        let (lag, from) = match reported.and_then(|r| r.get(&partition)) {
+            Some(&l) => {
+                let lag = l.min(m.log_end.saturating_sub(m.log_start)).max(0);
+                (lag.unsigned_abs(), m.log_end - lag)
+            }
+            None => (partition_lag(committed, *m, policy), start_offset(committed, *m, policy)),
         };
         let lag_seconds = match read.get(&partition) {
             _ if lag == 0 => 0.0,

@@ -515,6 +515,14 @@ impl Processing {
         self.commit(consumer, all)
     }
 
+    /// Writes `batch` (what is left of it) on this thread: the outcome and how long it took.
+    fn write_now(&self, batch: &mut Batch) -> (Result<(), String>, Duration) {
+        let started = Instant::now();
+        let _running = RunningWrite::start(&self.shared);
+        let written = self.runtime.block_on(batch.write(&self.sink, &self.shared));
+        (written, started.elapsed())
+    }
+
     /// True while a refused batch waits for its next attempt.
     fn waiting_out_outage(&self) -> bool {
         self.outage.as_ref().is_some_and(|o| Instant::now() < o.retry_at)
@@ -544,11 +552,8 @@ impl Processing {
             },
             Write::Failed(mut batch) => {
                 // Its retry is due: once now.
-                let started = Instant::now();
-                let running = RunningWrite::start(&self.shared);
-                let written = self.runtime.block_on(batch.write(&self.sink, &self.shared));
-                drop(running);
-                (batch, written, started.elapsed())
+                let (written, took) = self.write_now(&mut batch);
+                (batch, written, took)
             }
         };
         let mut backoff = Duration::from_millis(100);
@@ -578,11 +583,7 @@ impl Processing {
             // A deliberate pause, not a stuck loop: liveness stays green.
             self.shared.touch();
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            let started = Instant::now();
-            let running = RunningWrite::start(&self.shared);
-            written = self.runtime.block_on(batch.write(&self.sink, &self.shared));
-            drop(running);
-            took = started.elapsed();
+            (written, took) = self.write_now(&mut batch);
         }
         self.shared.mongo_ok.store(true, Ordering::Relaxed);
         if let Some(outage) = self.outage.take() {

@@ -131,12 +131,13 @@ impl Collector {
             );
         let response = conn.send(&request, version).await?;
         self.count("Fetch");
+        let asked: BTreeMap<&(String, i32), i64> = partitions.iter().map(|(k, o)| (k, *o)).collect();
         let mut out = BTreeMap::new();
         for t in response.responses {
             let topic = t.topic.0.as_str().to_owned();
             for p in t.partitions {
                 let key = (topic.clone(), p.partition_index);
-                let Some(&offset) = partitions.iter().find(|(k, _)| *k == key).map(|(_, o)| o) else { continue };
+                let Some(&offset) = asked.get(&key) else { continue };
                 if p.error_code != 0 {
                     self.failed(&KafkaError::broker("Fetch", p.error_code, format!("{topic}/{}", p.partition_index)));
                     continue;
@@ -186,11 +187,8 @@ pub fn first_unconsumed(
             for (p, m) in marks.iter().enumerate() {
                 let partition = p as i32;
                 let committed = commits.and_then(|c| c.get(topic)).and_then(|c| c.get(&partition)).copied();
-                let from = match committed {
-                    Some(c) => c.max(m.log_start),
-                    None if target.uncommitted_offset_policy == crate::lag::OffsetPolicy::Earliest => m.log_start,
-                    None => continue,
-                };
+                // (Uncommitted under `latest`: it starts at log-end, nothing waits.)
+                let from = crate::lag::start_offset(committed, *m, target.uncommitted_offset_policy);
                 if from < m.log_end {
                     out.insert((topic.clone(), partition), from);
                 }
