@@ -474,7 +474,7 @@ async fn main() {
     // 4. Rebalance pause 2 -> 3 on a busy group, from the assignment log.
     produce(&broker, events, 8).await;
     let db = client.database("rebalance");
-    let assignments = db.collection::<Document>(projection_worker::consume::ASSIGNMENTS);
+    let assignments = db.collection::<Document>(projection_worker::sink::ASSIGNMENTS);
     let _w1 = spawn_worker(&run, "r1", &broker, &mongod, "rebalance");
     let _w2 = spawn_worker(&run, "r2", &broker, &mongod, "rebalance");
     let (mut pauses, mut from_join) = (Vec::new(), Vec::new());

@@ -9,11 +9,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use crate::consume::Shared;
+use crate::health::Health;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct HttpState {
-    pub shared: Arc<Shared>,
+    pub health: Arc<Health>,
     pub stuck_after: Duration,
 }
 
@@ -22,7 +23,7 @@ pub fn health_router(state: HttpState) -> Router {
         .route(
             "/health",
             get(|State(s): State<HttpState>| async move {
-                let since = s.shared.since_last_poll();
+                let since = s.health.since_last_poll();
                 if since <= s.stuck_after {
                     (StatusCode::OK, "ok".to_owned())
                 } else {
@@ -33,7 +34,7 @@ pub fn health_router(state: HttpState) -> Router {
         .route(
             "/ready",
             get(|State(s): State<HttpState>| async move {
-                match s.shared.ready() {
+                match s.health.ready() {
                     Ok(()) => (StatusCode::OK, "ok".to_owned()),
                     Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                 }
@@ -42,16 +43,13 @@ pub fn health_router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-pub fn metrics_router(shared: Arc<Shared>) -> Router {
+pub fn metrics_router(metrics: Metrics) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {
-            let shared = Arc::clone(&shared);
+            let metrics = metrics.clone();
             async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    shared.metrics.render(),
-                )
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
             }
         }),
     )

@@ -1,15 +1,20 @@
 //! projection-worker: Kafka -> MongoDB projection of the pipeline's events, and the event
 //! producer that feeds it.
 
+pub mod batch;
+pub mod commit;
 pub mod config;
 pub mod consume;
 pub mod decode;
 pub mod events;
+pub mod health;
 pub mod http;
 pub mod log_budget;
 pub mod metrics;
+pub mod pipeline;
 pub mod producer;
 pub mod sink;
+pub mod telemetry;
 
 /// Logs through `tracing`: text for terminals, JSON for containers; level from RUST_LOG.
 pub fn init_logging(json: bool) {

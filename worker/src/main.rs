@@ -1,14 +1,15 @@
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
 use projection_worker::config::Config;
-use projection_worker::consume::{self, Shared};
+use projection_worker::consume;
+use projection_worker::health::Health;
 use projection_worker::http::{HttpState, health_router, metrics_router};
 use projection_worker::metrics::Metrics;
 use projection_worker::sink::Sink;
+use projection_worker::telemetry::Telemetry;
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -35,13 +36,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Arc<Config>) -> Result<(), Box<dyn std::error::Error>> {
-    let shared = Arc::new(Shared::new(Metrics::new()));
+    let health = Arc::new(Health::new());
+    let telemetry = Arc::new(Telemetry::new(Metrics::new()));
     let http = tokio::net::TcpListener::bind(config.http_listen).await?;
     let metrics = tokio::net::TcpListener::bind(config.metrics_listen).await?;
-    let state = HttpState { shared: Arc::clone(&shared), stuck_after: config.stuck_after };
+    let state = HttpState { health: Arc::clone(&health), stuck_after: config.stuck_after };
     tokio::spawn(async move { axum::serve(http, health_router(state)).await });
-    let metrics_shared = Arc::clone(&shared);
-    tokio::spawn(async move { axum::serve(metrics, metrics_router(metrics_shared)).await });
+    let registry = telemetry.metrics.clone();
+    tokio::spawn(async move { axum::serve(metrics, metrics_router(registry)).await });
 
     // MongoDB may come up after us: keep trying (not ready meanwhile) instead of crash-looping.
     let sink =
@@ -58,20 +60,20 @@ async fn run(config: Arc<Config>) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    shared.mongo_ok.store(true, Ordering::Relaxed);
+    health.set_writable(true);
 
     let handle = tokio::runtime::Handle::current();
-    let consumer_shared = Arc::clone(&shared);
+    let (consumer_health, consumer_telemetry) = (Arc::clone(&health), Arc::clone(&telemetry));
     let consumer_config = Arc::clone(&config);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("consumer".into()).spawn(move || {
-        let result = consume::run(consumer_config, sink, handle, consumer_shared);
+        let result = consume::run(consumer_config, sink, handle, consumer_health, consumer_telemetry);
         let _ = done_tx.send(result);
     })?;
 
     // First SIGTERM/SIGINT: stop intake, flush, commit, leave the group. Second: exit now.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop_shared = Arc::clone(&shared);
+    let stop_health = Arc::clone(&health);
     let hard_deadline = config.termination_grace.saturating_sub(Duration::from_secs(2));
     tokio::spawn(async move {
         tokio::select! {
@@ -79,7 +81,7 @@ async fn run(config: Arc<Config>) -> Result<(), Box<dyn std::error::Error>> {
             _ = term.recv() => {}
         }
         tracing::info!("stopping: flushing and leaving the group (a second signal exits at once)");
-        stop_shared.stopping.store(true, Ordering::Relaxed);
+        stop_health.stop();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::warn!("second signal: exiting now"),
             _ = term.recv() => tracing::warn!("second signal: exiting now"),

@@ -21,6 +21,16 @@ pub struct Metrics {
     pub write_errors: IntCounter,
     /// Consumer lag per assigned partition (librdkafka statistics).
     pub partition_lag: IntGaugeVec,
+    /// outcome = committed | lost | incomplete
+    pub revocations: IntCounterVec,
+    /// outcome = committed | failed
+    pub commits: IntCounterVec,
+    /// 1 while intake is paused (MongoDB away or behind).
+    pub intake_paused: IntGauge,
+    /// reason = mongodb_away | backpressure
+    pub intake_pauses: IntCounterVec,
+    pub mongodb_outage_duration: Histogram,
+    pub consumer_errors: IntCounter,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -47,13 +57,52 @@ impl Metrics {
                 &["topic", "outcome"],
             )),
             batch_write_duration: must(Histogram::with_opts(
-                HistogramOpts::new("batch_write_duration_seconds", "MongoDB write of one batch, retries included.")
+                HistogramOpts::new("batch_write_duration_seconds", "MongoDB write of one batch that succeeded.")
                     .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             )),
-            write_errors: must(IntCounter::new("mongodb_write_errors_total", "Failed MongoDB batch writes (retried).")),
+            write_errors: must(IntCounter::new(
+                "mongodb_write_errors_total",
+                "Failed MongoDB batch write attempts (retried).",
+            )),
             partition_lag: must(IntGaugeVec::new(
                 Opts::new("partition_lag", "Messages behind per assigned partition."),
                 &["topic", "partition"],
+            )),
+            revocations: must(IntCounterVec::new(
+                Opts::new(
+                    "revocations_total",
+                    "Partition revocations by outcome: written batches committed, assignment lost (nothing committed), or the drain timed out.",
+                ),
+                &["outcome"],
+            )),
+            commits: must(IntCounterVec::new(
+                Opts::new(
+                    "offset_commits_total",
+                    "Offset commits after MongoDB writes, by outcome (committed, failed).",
+                ),
+                &["outcome"],
+            )),
+            intake_paused: must(IntGauge::new(
+                "intake_paused",
+                "1 while intake is paused because MongoDB is away or behind (the worker keeps polling).",
+            )),
+            intake_pauses: must(IntCounterVec::new(
+                Opts::new(
+                    "intake_pauses_total",
+                    "Times intake was paused, by reason (mongodb_away: a write refused; backpressure: write slots full).",
+                ),
+                &["reason"],
+            )),
+            mongodb_outage_duration: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "mongodb_outage_duration_seconds",
+                    "From the first failed MongoDB write to the next that succeeded.",
+                )
+                .buckets(vec![0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+            )),
+            consumer_errors: must(IntCounter::new(
+                "kafka_consumer_errors_total",
+                "Errors the Kafka consumer reported (librdkafka reconnects by itself).",
             )),
             registry,
         };
@@ -67,6 +116,12 @@ impl Metrics {
             Box::new(m.batch_write_duration.clone()),
             Box::new(m.write_errors.clone()),
             Box::new(m.partition_lag.clone()),
+            Box::new(m.revocations.clone()),
+            Box::new(m.commits.clone()),
+            Box::new(m.intake_paused.clone()),
+            Box::new(m.intake_pauses.clone()),
+            Box::new(m.mongodb_outage_duration.clone()),
+            Box::new(m.consumer_errors.clone()),
         ] {
             must(m.registry.register(c));
         }

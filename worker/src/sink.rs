@@ -4,13 +4,20 @@
 //! per-document error) is reported for dead-lettering instead of blocking its partition.
 //! Write-concern, network and transient errors are failures: the caller retries and must not
 //! commit the batch's offsets.
+//!
+//! The sink owns everything the worker writes to MongoDB: the projections, the dead letters
+//! and the assignment log.
 
-use mongodb::bson::{DateTime, Document, RawDocumentBuf, doc};
+use mongodb::bson::{Bson, DateTime, Document, RawDocumentBuf, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+use crate::batch::Batch;
 use crate::decode::{Coordinates, Rejection};
+
+/// Collection of the per-worker assignment log (who had which partitions when).
+pub const ASSIGNMENTS: &str = "worker_assignments";
 
 const DUPLICATE_KEY: i32 = 11000;
 /// Dead letters keep at most this much of the original payload.
@@ -73,6 +80,43 @@ impl Sink {
         &self.db
     }
 
+    /// Writes a batch: every collection's documents at the same time (independent inserts
+    /// that mongod overlaps, e.g. in one journal flush), then the dead letters, those MongoDB
+    /// refused among them. What went in leaves the batch, so a retry sends only the rest.
+    pub async fn write_batch(&self, batch: &mut Batch) -> BatchReport {
+        let writes = batch
+            .documents
+            .iter()
+            .map(|(topic, documents)| async move { (topic.clone(), self.write(topic, documents).await) });
+        let results = futures::future::join_all(writes).await;
+        let mut report = BatchReport::default();
+        for (topic, result) in results {
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    report.error.get_or_insert_with(|| e.to_string());
+                    continue;
+                }
+            };
+            let documents = batch.documents.remove(&topic).unwrap_or_default();
+            let coordinates = batch.coordinates.remove(&topic).unwrap_or_default();
+            for (index, code, message) in &outcome.refused {
+                if let (Some(document), Some(&(partition, offset))) = (documents.get(*index), coordinates.get(*index)) {
+                    batch.dead.push(refused(&topic, partition, offset, document, *code, message.clone()));
+                }
+            }
+            report.topics.push((topic, outcome));
+        }
+        if report.error.is_some() || batch.dead.is_empty() {
+            return report;
+        }
+        match self.dead_letter(&batch.dead).await {
+            Ok(_) => report.dead_lettered = std::mem::take(&mut batch.dead),
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        report
+    }
+
     /// Indexes the projection needs: time queries, and lookups by Kafka coordinates.
     pub async fn ensure_indexes(&self, collections: &[&str]) -> Result<(), SinkError> {
         for name in collections {
@@ -103,10 +147,82 @@ impl Sink {
         insert_idempotent(&self.db.collection(collection), documents, self.write_timeout).await
     }
 
+    /// Assignment log: `worker` got `partitions` in `generation`. Evidence for operators and
+    /// tests (bounded by the write timeout), never a reason to stall a rebalance.
+    pub async fn record_assignment(
+        &self,
+        worker: &str,
+        generation: i64,
+        partitions: &[String],
+    ) -> Result<(), SinkError> {
+        let record = doc! {
+            "_id": format!("{worker}#{generation}"),
+            "worker": worker,
+            "generation": generation,
+            "partitions": partitions,
+            "assigned_at": DateTime::now(),
+        };
+        let collection = self.db.collection::<Document>(ASSIGNMENTS);
+        let write = tokio::time::timeout(self.write_timeout, collection.insert_one(record));
+        match write.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(SinkError::Write { collection: ASSIGNMENTS.into(), source }),
+            Err(_) => Err(SinkError::Timeout { collection: ASSIGNMENTS.into(), after: self.write_timeout }),
+        }
+    }
+
+    /// Assignment log: `generation` ended with `partitions` revoked.
+    pub async fn record_revocation(&self, worker: &str, generation: i64, partitions: usize) -> Result<(), SinkError> {
+        let collection = self.db.collection::<Document>(ASSIGNMENTS);
+        let update = doc! { "$set": { "revoked_at": DateTime::now(), "revoked_partitions": partitions as i64 } };
+        let write = tokio::time::timeout(
+            self.write_timeout,
+            collection.update_one(doc! { "_id": format!("{worker}#{generation}") }, update),
+        );
+        match write.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(SinkError::Write { collection: ASSIGNMENTS.into(), source }),
+            Err(_) => Err(SinkError::Timeout { collection: ASSIGNMENTS.into(), after: self.write_timeout }),
+        }
+    }
+
     /// Records rejected messages with their reason and coordinates (idempotent per coordinate).
     pub async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<WriteOutcome, SinkError> {
         let documents: Vec<Document> = letters.iter().cloned().map(DeadLetter::into_document).collect();
         insert_idempotent(&self.dead_letters, &documents, self.write_timeout).await
+    }
+}
+
+/// What one attempt at a batch achieved; on `error` the rest stays in the batch.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub topics: Vec<(String, WriteOutcome)>,
+    pub dead_lettered: Vec<DeadLetter>,
+    pub error: Option<String>,
+}
+
+/// A dead letter for a document MongoDB refused, at its coordinates, the document itself (as
+/// extended JSON) as the payload.
+fn refused(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    document: &RawDocumentBuf,
+    code: i32,
+    message: String,
+) -> DeadLetter {
+    let payload = document
+        .to_document()
+        .map(|d| Bson::Document(d).into_relaxed_extjson().to_string().into_bytes())
+        .unwrap_or_else(|_| document.as_bytes().to_vec());
+    DeadLetter {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        key: None,
+        payload: Some(payload),
+        rejection: Rejection::Refused { code, message },
+        received_at: DateTime::now(),
     }
 }
 

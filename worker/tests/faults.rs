@@ -142,11 +142,61 @@ async fn a_mongodb_outage_longer_than_the_poll_interval_keeps_the_worker_in_its_
     assert_eq!(metric(&after, "generation"), 1.0, "never left the group: {after}");
     assert_eq!(metric(&after, "reconfiguration_total"), 1.0, "no reconfiguration: {after}");
     assert!(metric(&after, "mongodb_write_errors_total") >= 1.0, "the outage was seen: {after}");
+    assert!(metric(&after, "intake_pauses_total{reason=\"mongodb_away\"}") >= 1.0, "intake was paused: {after}");
+    assert_eq!(metric(&after, "intake_paused"), 0.0, "and resumed: {after}");
+    assert!(metric(&after, "mongodb_outage_duration_seconds_count") >= 1.0, "the outage ended: {after}");
+    assert!(
+        metric(&after, "mongodb_outage_duration_seconds_sum") >= (poll_interval * 2).as_secs_f64(),
+        "the outage lasted about as long as mongod was frozen: {after}"
+    );
+    assert!(metric(&after, "offset_commits_total{outcome=\"committed\"}") >= 1.0, "{after}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(w1.http, "/ready").await.0 != 200 {
         assert!(Instant::now() < deadline, "ready again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// librdkafka keeps an application pause on a partition through a revoke and a later
+/// assignment. A worker whose intake is paused (MongoDB away) when the group rebalances must
+/// resume the partitions it gets back, or they stall for good once MongoDB returns: w1 holds
+/// half the partitions paused, w2 leaves, w1 gets all twelve, MongoDB comes back, and every
+/// event is written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_at_a_rebalance_are_resumed_in_the_new_generation() {
+    let run = RunDir::new("worker-paused-rebalance").expect("run dir");
+    let broker = Broker::start(&run).await.expect("broker");
+    topics(&broker).await;
+    let mongod = Mongod::start(&run).await.expect("mongod");
+    let db = mongod.client().await.expect("client").database("pipeline");
+    let quick = ["--drain-timeout", "2s"];
+    let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &quick);
+    let mut w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &quick);
+    wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(30)).await;
+    let producing = produce_in_background(&run, &broker.bootstrap(), 6000, 300);
+    wait_written(&[&w1, &w2], 500.0, Duration::from_secs(30)).await;
+
+    mongod.freeze().expect("freeze mongod");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&get(w1.metrics, "/metrics").await.1, "intake_paused") != 1.0 {
+        assert!(Instant::now() < deadline, "w1 paused its intake while MongoDB is away");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // w2 leaves (its last batches are not written: replayed by w1); w1 rebalances while paused.
+    w2.process.stop(Duration::from_secs(20));
+    wait_assigned(&[&w1], 12.0, Duration::from_secs(30)).await;
+    mongod.thaw().expect("thaw mongod");
+
+    producing.await.expect("producer done");
+    let expected = produced_ids(&run.path().join("ids.tsv"));
+    assert_eq!(expected.len(), 6000);
+    wait_for_count(&db, expected.len() as u64, Duration::from_secs(90)).await;
+    assert_eq!(stored_ids(&db).await, expected, "exactly once, no partition left paused");
+    let text = get(w1.metrics, "/metrics").await.1;
+    assert_eq!(metric(&text, "reconfiguration_total"), 2.0, "{text}");
+    // The revoke could not write with MongoDB frozen: nothing committed, replayed instead.
+    assert_eq!(metric(&text, "revocations_total{outcome=\"incomplete\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "intake_paused"), 0.0, "{text}");
 }
 
 /// A three-member MongoDB replica set (majority write concern, the default): the primary is
@@ -217,6 +267,8 @@ async fn broker_outage_then_graceful_shutdown_commits_everything() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     worker.process.check_alive().expect("the worker survived the outage");
+    let text = get(worker.metrics, "/metrics").await.1;
+    assert!(metric(&text, "kafka_consumer_errors_total") >= 1.0, "the broker's absence was reported: {text}");
     let restarting = Instant::now();
     broker.restart().await.expect("broker back");
     wait_assigned(&[&worker], 12.0, Duration::from_secs(60)).await;

@@ -168,6 +168,8 @@ async fn exactly_once_across_scaling_with_recreate_rebalances() {
         assert_eq!(metric(&text, "reconfiguration_total"), reconfigurations, "{text}");
         assert_eq!(metric(&text, "generation"), reconfigurations);
         assert_eq!(metric(&text, "coordination_duration_seconds_count"), reconfigurations - 1.0, "{text}");
+        // Each revoke wrote and committed what the worker had taken.
+        assert_eq!(metric(&text, "revocations_total{outcome=\"committed\"}"), reconfigurations - 1.0, "{text}");
         assert!(metric(&text, "batch_write_duration_seconds_count") >= 1.0);
     }
     let written: f64 = {
