@@ -366,8 +366,9 @@ pub fn run(
     let mut members_checked = Instant::now();
     // Intake paused while MongoDB is away or behind: polling goes on (group membership,
     // rebalances), nothing new is fetched, and the position stays after the last message taken.
-    // None: the assignment's state is not known (a new one arrived) and is set explicitly.
-    let mut paused: Option<bool> = None;
+    // None: the assignment's state is not known (a new one arrived) and is set explicitly;
+    // Some(Some(reason)): paused for that reason.
+    let mut paused: Option<Option<HoldReason>> = None;
     while !health.stopping() {
         health.touch();
         // The lock is never held across a poll: rebalance callbacks run inside it and take it.
@@ -400,11 +401,14 @@ pub fn run(
         stages.step(&consumer)?;
         let hold = stages.must_hold_intake(Instant::now());
         drop(stages);
-        if paused != Some(hold.is_some()) {
+        if paused != Some(hold) {
             let assignment = consumer.assignment()?;
             match hold {
                 Some(reason) => {
-                    consumer.pause(&assignment)?;
+                    // Paused already (for the other reason): only the reason changes.
+                    if !matches!(paused, Some(Some(_))) {
+                        consumer.pause(&assignment)?;
+                    }
                     telemetry.emit(IntakePaused { partitions: assignment.count(), reason });
                 }
                 None => {
@@ -415,7 +419,7 @@ pub fn run(
                     }
                 }
             }
-            paused = Some(hold.is_some());
+            paused = Some(hold);
         }
         if consumer.context().members_stale.swap(false, Ordering::Relaxed)
             || members_checked.elapsed() > Duration::from_secs(10)

@@ -89,7 +89,7 @@ impl Metrics {
             intake_pauses: must(IntCounterVec::new(
                 Opts::new(
                     "intake_pauses_total",
-                    "Times intake was paused, by reason (mongodb_away: a write refused; backpressure: write slots full).",
+                    "Intake pauses by reason (mongodb_away: a write refused; backpressure: write slots full); a pause whose reason changes counts under both.",
                 ),
                 &["reason"],
             )),
