@@ -47,6 +47,10 @@ pub enum ConsumeError {
     Writer(#[from] PipelineError),
 }
 
+/// Longest the loop waits for a write slot before pausing intake instead: far below
+/// `max.poll.interval.ms`, and heartbeats run on librdkafka's own thread.
+const BACKPRESSURE_WAIT: Duration = Duration::from_millis(500);
+
 /// Messages taken per poll round before the batch is looked at again: the round shares one
 /// clock reading (`ingested_at`), since reading the clock per message cost more than decoding.
 const POLL_BURST: usize = 256;
@@ -115,15 +119,21 @@ impl Stages {
         }
     }
 
-    /// One round's work, never waiting on MongoDB: take in finished writes, hand over a due
-    /// batch if a write slot is free, commit if due.
+    /// One round's work: take in finished writes, hand over a due batch when a write slot is
+    /// free (waiting up to `BACKPRESSURE_WAIT` for one), commit if due. Never waits on a
+    /// MongoDB that is away.
     fn step(&mut self, consumer: &BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
         let now = Instant::now();
         for id in self.pipeline.settle(now)? {
             self.commits.written(id);
         }
-        if self.batcher.due(now) && self.pipeline.has_room() && !self.pipeline.in_outage() {
-            self.launch();
+        if self.batcher.due(now) && !self.pipeline.in_outage() {
+            for id in self.pipeline.wait_for_room(now + BACKPRESSURE_WAIT)? {
+                self.commits.written(id);
+            }
+            if self.pipeline.has_room() {
+                self.launch();
+            }
         }
         if self.commits.due(now) {
             let offsets = self.commits.take(now);

@@ -212,6 +212,26 @@ impl WritePipeline {
         }
     }
 
+    /// Waits, until `until` at the latest, for a write slot to free up. Backpressure without a
+    /// pause: pausing the partitions makes librdkafka drop its prefetched messages and fetch
+    /// them again on resume (measured: 0.6 s without a message after each resume, 5,800
+    /// instead of 70,000 events/s), while a slot usually frees within milliseconds. Not while a
+    /// refused batch waits for its retry. Returns the batches written meanwhile.
+    pub fn wait_for_room(&mut self, until: Instant) -> Result<Vec<BatchId>, PipelineError> {
+        let mut written = Vec::new();
+        while !self.has_room() && self.outage.is_none() && Instant::now() < until {
+            let next = self.runtime.block_on(async {
+                tokio::time::timeout_at(tokio::time::Instant::from_std(until), self.finished_rx.recv()).await
+            });
+            match next {
+                Ok(Some(finished)) => self.finished(finished, &mut written)?,
+                // Timed out (or no sender left, impossible while the pipeline lives).
+                _ => break,
+            }
+        }
+        Ok(written)
+    }
+
     /// Waits until every batch is written or `deadline` passes (revoke, shutdown), retrying
     /// refused batches meanwhile. Returns the batches written, and whether all were.
     pub fn drain(&mut self, deadline: Instant) -> (Vec<BatchId>, Result<(), PipelineError>) {
