@@ -4,11 +4,13 @@
 //!
 //! [`spec`] reads an `autoscaling/v2` manifest; [`controller`] is one HPA's syncs (metric ->
 //! recommendation with per-direction tolerance -> stabilization windows -> rate limits ->
-//! min/max, scale to zero and back); [`quantity`] is Kubernetes' decimal quantity.
+//! min/max, scale to zero and back); [`quantity`] is Kubernetes' decimal quantity; [`rate`] sizes
+//! a workload from the production rate and the backlog (rate targets).
 
 pub mod cap;
 pub mod controller;
 pub mod quantity;
+pub mod rate;
 pub mod spec;
 
 pub use controller::{Controller, Decision, Release, Tolerances};
