@@ -619,6 +619,12 @@ mod tests {
             metric: crate::targets::TargetMetric::Lag,
             missing_group: crate::targets::MissingGroup::Reject,
             namespaces: vec![],
+            mode: Default::default(),
+            events_per_replica: None,
+            headroom: 1.2,
+            drain_horizon: std::time::Duration::from_secs(1200),
+            rate_window: std::time::Duration::from_secs(120),
+            hysteresis: 0.1,
         };
         let mut collected = crate::collector::Collected::default();
         collected.topics.insert("t".into(), vec![crate::lag::Watermarks { log_start: 0, log_end: 42 }]);

@@ -4,6 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
+
+use hpa_model::rate::RateSizing;
 
 use serde::Deserialize;
 
@@ -64,6 +67,85 @@ pub struct Target {
     /// Namespaces that may read this metric; empty means any.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// How the replicas are found: from the lag alone (`lag`, the default), or from the
+    /// production rate and the backlog (`rate`): replicas =
+    /// ceil((rate x headroom + backlog / drainHorizon) / eventsPerReplica), served as replicas
+    /// x lagPerReplica so the HPA's AverageValue (= lagPerReplica) lands on them in one step.
+    #[serde(default)]
+    pub mode: TargetMode,
+    /// Rate mode: events one replica processes per second (`lag-tuner estimate` measures it).
+    #[serde(default)]
+    pub events_per_replica: Option<f64>,
+    /// Rate mode: capacity kept above the production rate (default 1.2).
+    #[serde(default = "default_headroom")]
+    pub headroom: f64,
+    /// Rate mode: the backlog is to be drained within this (default 20m).
+    #[serde(default = "default_drain_horizon", deserialize_with = "duration")]
+    pub drain_horizon: Duration,
+    /// Rate mode: how far back a steady rate is averaged (default 2m).
+    #[serde(default = "default_rate_window", deserialize_with = "duration")]
+    pub rate_window: Duration,
+    /// Rate mode: the count falls only when the load fits one replica fewer with this margin
+    /// (default 0.1).
+    #[serde(default = "default_hysteresis")]
+    pub hysteresis: f64,
+}
+
+/// How a target finds the replicas it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TargetMode {
+    #[default]
+    Lag,
+    Rate,
+}
+
+fn default_headroom() -> f64 {
+    RateSizing::DEFAULT_HEADROOM
+}
+
+fn default_drain_horizon() -> Duration {
+    Duration::from_secs_f64(RateSizing::DEFAULT_DRAIN_HORIZON_SECONDS)
+}
+
+fn default_rate_window() -> Duration {
+    Duration::from_secs_f64(RateSizing::DEFAULT_WINDOW_SECONDS)
+}
+
+fn default_hysteresis() -> f64 {
+    RateSizing::DEFAULT_HYSTERESIS
+}
+
+/// A duration written like the flags: `500ms`, `30s`, `20m`, `1h`, or plain seconds.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Seconds(f64),
+        Text(String),
+    }
+    match Text::deserialize(d)? {
+        Text::Seconds(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+        Text::Seconds(s) => Err(serde::de::Error::custom(format!("{s} is not a duration"))),
+        Text::Text(t) => crate::config::parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Target {
+    /// The sizing of a rate target (`None` for a lag target).
+    pub fn rate_sizing(&self) -> Option<RateSizing> {
+        if self.mode != TargetMode::Rate {
+            return None;
+        }
+        Some(RateSizing {
+            events_per_replica: self.events_per_replica.unwrap_or(0.0),
+            headroom: self.headroom,
+            drain_horizon_seconds: self.drain_horizon.as_secs_f64(),
+            window_seconds: self.rate_window.as_secs_f64(),
+            hysteresis: self.hysteresis,
+            ..RateSizing::new(self.events_per_replica.unwrap_or(0.0))
+        })
+    }
 }
 
 /// The measure a target serves.
@@ -140,6 +222,20 @@ impl TargetsFile {
             if !(t.scale_up_tolerance.is_finite() && (0.0..=10.0).contains(&t.scale_up_tolerance)) {
                 return Err(format!("{at}: scaleUpTolerance must be between 0 and 10 (0.1 is 10 %)"));
             }
+            if let Some(sizing) = t.rate_sizing() {
+                if t.events_per_replica.is_none() {
+                    return Err(format!(
+                        "{at}: mode rate needs eventsPerReplica (events one replica processes per second; \
+                         `lag-tuner estimate` measures it)"
+                    ));
+                }
+                if t.metric != TargetMetric::Lag {
+                    return Err(format!("{at}: mode rate sizes on messages: metric must be lag"));
+                }
+                sizing.validate().map_err(|e| format!("{at}: {e}"))?;
+            } else if t.events_per_replica.is_some() {
+                return Err(format!("{at}: eventsPerReplica is for mode rate (set `mode: rate`)"));
+            }
         }
         Ok(())
     }
@@ -196,6 +292,37 @@ mod tests {
         ] {
             let err = TargetsFile::parse(&yaml, "file.yaml").expect_err(&yaml).to_string();
             assert!(err.contains("file.yaml") && err.contains(reason), "{yaml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rate_targets_parse_with_defaults_and_refuse_what_cannot_size() {
+        let base = "targets:\n- name: a\n  consumerGroup: g\n  topics: [t]\n  lagPerReplica: 10";
+        let file = TargetsFile::parse(&format!("{base}\n  mode: rate\n  eventsPerReplica: 25000"), "f").expect("valid");
+        let sizing = file.targets[0].rate_sizing().expect("rate");
+        assert_eq!(
+            (sizing.events_per_replica, sizing.headroom, sizing.drain_horizon_seconds, sizing.window_seconds, sizing.hysteresis),
+            (25000.0, 1.2, 1200.0, 120.0, 0.1)
+        );
+        let tuned = TargetsFile::parse(
+            &format!("{base}\n  mode: rate\n  eventsPerReplica: 5000\n  headroom: 1.5\n  drainHorizon: 5m\n  rateWindow: 90\n  hysteresis: 0"),
+            "f",
+        )
+        .expect("valid");
+        let sizing = tuned.targets[0].rate_sizing().expect("rate");
+        assert_eq!((sizing.headroom, sizing.drain_horizon_seconds, sizing.window_seconds, sizing.hysteresis), (1.5, 300.0, 90.0, 0.0));
+        assert_eq!(TargetsFile::parse(base, "f").expect("lag").targets[0].rate_sizing(), None);
+        for (extra, reason) in [
+            ("mode: rate", "needs eventsPerReplica"),
+            ("mode: rate\n  eventsPerReplica: 0", "eventsPerReplica must be above 0"),
+            ("mode: rate\n  eventsPerReplica: 10\n  headroom: 0.5", "headroom"),
+            ("mode: rate\n  eventsPerReplica: 10\n  drainHorizon: 5 minutes", "unknown unit"),
+            ("mode: rate\n  eventsPerReplica: 10\n  metric: lagSeconds", "metric must be lag"),
+            ("eventsPerReplica: 10", "set `mode: rate`"),
+            ("mode: speed", "unknown variant"),
+        ] {
+            let err = TargetsFile::parse(&format!("{base}\n  {extra}"), "f.yaml").expect_err(extra).to_string();
+            assert!(err.contains(reason), "{extra:?}: {err}");
         }
     }
 

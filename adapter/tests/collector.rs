@@ -250,6 +250,12 @@ async fn lag_seconds_come_from_the_first_unconsumed_records_own_timestamp() {
         activation_lag: None,
         missing_group: MissingGroup::Reject,
         namespaces: vec![],
+        mode: Default::default(),
+        events_per_replica: None,
+        headroom: 1.2,
+        drain_horizon: std::time::Duration::from_secs(1200),
+        rate_window: std::time::Duration::from_secs(120),
+        hysteresis: 0.1,
     });
     let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
     let c = collector.collect_targets(std::slice::from_ref(&target)).await.expect("cycle");

@@ -88,6 +88,12 @@ fn target(name: &str, group: &str, topic: &str) -> Target {
         metric: lag_adapter::targets::TargetMetric::Lag,
         missing_group: MissingGroup::Reject,
         namespaces: vec![],
+        mode: Default::default(),
+        events_per_replica: None,
+        headroom: 1.2,
+        drain_horizon: std::time::Duration::from_secs(1200),
+        rate_window: std::time::Duration::from_secs(120),
+        hysteresis: 0.1,
     }
 }
 

@@ -38,7 +38,7 @@ pub struct RateSizing {
 
 impl RateSizing {
     pub const DEFAULT_HEADROOM: f64 = 1.2;
-    pub const DEFAULT_DRAIN_HORIZON_SECONDS: f64 = 600.0;
+    pub const DEFAULT_DRAIN_HORIZON_SECONDS: f64 = 1200.0;
     pub const DEFAULT_WINDOW_SECONDS: f64 = 120.0;
     pub const DEFAULT_SETTLE: f64 = 0.25;
     pub const DEFAULT_HYSTERESIS: f64 = 0.1;

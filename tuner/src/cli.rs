@@ -12,6 +12,7 @@ use hpa_model::{Release, Spec};
 use lag_adapter::config::parse_duration;
 
 use crate::simulate::{self, Outcome, RateTrace, Serving, Settings, WorkerModel};
+use hpa_model::rate::RateSizing;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,6 +154,19 @@ pub struct SimulateArgs {
     /// first HPA's averageValue).
     #[arg(long)]
     pub lag_slo: Option<f64>,
+    /// A rate target's eventsPerReplica, for profiles annotated
+    /// `lagscale.io/target-mode: rate` (default: --events-per-replica, i.e. measured right).
+    #[arg(long)]
+    pub target_events_per_replica: Option<f64>,
+    /// A rate target's headroom (capacity kept above the production rate).
+    #[arg(long, default_value_t = RateSizing::DEFAULT_HEADROOM)]
+    pub headroom: f64,
+    /// A rate target's drainHorizon (the backlog is to be drained within it).
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    pub drain_horizon: Duration,
+    /// A rate target's rateWindow (how far back a steady rate is averaged).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub rate_window: Duration,
     /// Leave out the row of KEDA's default Kafka scaling (lagThreshold = the first HPA's
     /// averageValue, no HPA behaviour, the cap without the tolerance escape).
     #[arg(long)]
@@ -379,12 +393,27 @@ fn keda_default(reference: &Spec) -> Spec {
     }
 }
 
+/// The scaling target a profile is written for: its `lagscale.io/target-mode` annotation
+/// (`rate` for a rate target; none: a lag target).
+fn target_mode(manifest: &str) -> Option<&'static str> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(manifest).ok()?;
+    match doc["metadata"]["annotations"]["lagscale.io/target-mode"].as_str()? {
+        "rate" => Some("rate"),
+        "lag" => Some("lag"),
+        _ => None,
+    }
+}
+
 /// Runs `simulate`; returns what to print.
 pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
+    let texts = args.hpas.iter().map(read).collect::<Result<Vec<_>, _>>()?;
     let specs = args
         .hpas
         .iter()
-        .map(|p| Spec::from_yaml(&p.display().to_string(), &read(p)?).map_err(|e| TunerError::Invalid(e.to_string())))
+        .zip(&texts)
+        .map(|(p, text)| {
+            Spec::from_yaml(&p.display().to_string(), text).map_err(|e| TunerError::Invalid(e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if !(args.events_per_replica.is_finite() && args.events_per_replica > 0.0) {
         return Err(TunerError::Invalid("--events-per-replica must be positive".into()));
@@ -436,7 +465,23 @@ pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
         burst_threshold: one_replica,
         lag_slo,
     };
-    let mut runs: Vec<(Spec, Serving)> = specs.iter().map(|s| (s.clone(), Serving::Lagscale)).collect();
+    let sizing = RateSizing {
+        events_per_replica: args.target_events_per_replica.unwrap_or(args.events_per_replica),
+        headroom: args.headroom,
+        drain_horizon_seconds: args.drain_horizon.as_secs_f64(),
+        window_seconds: args.rate_window.as_secs_f64(),
+        ..RateSizing::new(args.events_per_replica)
+    };
+    let mut runs = Vec::new();
+    for (spec, text) in specs.iter().zip(&texts) {
+        let serving = if target_mode(text) == Some("rate") {
+            sizing.validate().map_err(|e| TunerError::Invalid(format!("rate target: {e}")))?;
+            Serving::LagscaleRate(sizing)
+        } else {
+            Serving::Lagscale
+        };
+        runs.push((spec.clone(), serving));
+    }
     if !args.no_keda {
         runs.push((keda_default(&specs[0]), Serving::KedaDefault));
     }

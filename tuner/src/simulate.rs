@@ -18,6 +18,7 @@
 //! replica-minutes paid.
 
 use hpa_model::cap::target_value;
+use hpa_model::rate::{Held, RateSizing, RateTarget};
 use hpa_model::{Controller, Release, Spec, SpecError, TargetType};
 
 /// What serves the HPA its metric.
@@ -25,6 +26,10 @@ use hpa_model::{Controller, Release, Spec, SpecError, TargetType};
 pub enum Serving {
     /// The lagscale adapter: `hpa_model::cap` on the polled lag, `activationLag` respected.
     Lagscale,
+    /// The lagscale adapter with a rate target (`mode: rate`): `hpa_model::rate` sizes the
+    /// workload from the log-end offsets it polls and the backlog, and serves replicas x the
+    /// HPA's averageValue through the same cap.
+    LagscaleRate(RateSizing),
     /// KEDA's Kafka scaler with its defaults (`allowIdleConsumers: false`): the total lag,
     /// capped at partitions x lagThreshold with no escape from the tolerance band, read fresh
     /// at every HPA query.
@@ -256,7 +261,14 @@ pub fn run(
     let mut joins: Vec<f64> = Vec::new();
     let mut backlog = settings.initial_lag.max(0.0);
     let mut uncommitted = 0.0;
-    let mut served = backlog;
+    // A rate target answers nothing until it has a rate (the HPA keeps its count meanwhile).
+    let mut served = match serving {
+        Serving::LagscaleRate(_) => f64::from(replicas) * spec.target_milli as f64 / 1000.0,
+        _ => backlog,
+    };
+    let mut rate_target = RateTarget::default();
+    // Everything produced so far: the log-end offset the adapter reads.
+    let mut produced = 0.0;
     // Several workers commit at their own moments, so on average the adapter sees half an
     // interval's work uncommitted: commits are offset by half an interval from the polls, or
     // equal intervals would lock every poll to just after a commit (and hide the lag).
@@ -281,7 +293,7 @@ pub fn run(
         let partitions = settings.partitions.filter(|_| spec.target_type == TargetType::AverageValue);
         match (serving, partitions) {
             (Serving::Lagscale, _) if settings.activation_lag.is_some_and(|a| lag <= a) => 0.0,
-            (Serving::Lagscale, Some(p)) => {
+            (Serving::Lagscale | Serving::LagscaleRate(_), Some(p)) => {
                 let value = target_value(
                     lag.max(0.0).round() as u64,
                     per_replica.max(1.0).round() as u64,
@@ -293,6 +305,15 @@ pub fn run(
             }
             (Serving::KedaDefault, Some(p)) => lag.min(f64::from(p) * per_replica),
             (_, None) => lag,
+        }
+    };
+    // What a rate target serves for `needed` replicas while the HPA runs `replicas`.
+    let serve_replicas = |needed: u64, replicas: i32| -> f64 {
+        let per = per_replica.max(1.0).round() as u64;
+        let total = needed.saturating_mul(per);
+        match settings.partitions {
+            Some(p) => target_value(total, per, p, u32::try_from(replicas).ok(), up_tolerance).value.as_f64(),
+            None => total as f64,
         }
     };
     let steps = (settings.duration_seconds / DT).ceil() as u64;
@@ -340,6 +361,7 @@ pub fn run(
             next_sync += settings.sync_period_seconds;
         }
         let arriving = trace.at(t) * DT;
+        produced += arriving;
         let processed = if t < pause_until {
             outcome.paused_seconds += DT;
             0.0
@@ -353,8 +375,17 @@ pub fn run(
             next_commit += model.commit_interval_seconds;
         }
         if t >= next_poll {
-            if serving == Serving::Lagscale {
-                served = serve(backlog + uncommitted, replicas);
+            let lag = backlog + uncommitted;
+            match serving {
+                Serving::Lagscale => served = serve(lag, replicas),
+                Serving::LagscaleRate(sizing) => {
+                    let decision = rate_target.update(t, produced, lag, &sizing, settings.partitions);
+                    if decision.held != Some(Held::WarmingUp) {
+                        let idle = decision.rate <= 0.0 && settings.activation_lag.is_some_and(|a| lag <= a);
+                        served = if idle { 0.0 } else { serve_replicas(decision.replicas, replicas) };
+                    }
+                }
+                Serving::KedaDefault => {}
             }
             next_poll += settings.poll_interval_seconds;
         }
