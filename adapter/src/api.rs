@@ -21,6 +21,7 @@ use crate::snapshot::{Snapshot, TargetLag};
 use crate::status::{Empty, Status, go_json, json_response};
 use crate::targets::{LAG_METRIC, LAG_SECONDS_METRIC, MissingGroup, SHARE_LAG_METRIC, is_valid_metric_name};
 use hpa_model::quantity::Quantity;
+use hpa_model::rate::Held;
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -268,6 +269,12 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
         })?;
         if let Some(problem) = lag.freshness.problem(now, state.config.max_snapshot_age) {
             return Err(Status::unavailable(format!("lag data of target {metric:?} cannot be served: {problem}")));
+        }
+        if lag.rate.is_some_and(|r| r.held == Some(Held::WarmingUp)) {
+            // The HPA keeps its count on an error; a guess here could scale it.
+            return Err(Status::unavailable(format!(
+                "rate target {metric:?} is estimating the production rate; it answers from the next poll on"
+            )));
         }
         if !lag.group_exists && t.missing_group == MissingGroup::Reject {
             state.metrics.unknown_group_queries.with_label_values(&[metric]).inc();

@@ -1,5 +1,6 @@
 //! The adapter's own Prometheus metrics, served on a separate plain-HTTP port.
 
+use hpa_model::rate::Held;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -21,6 +22,10 @@ pub struct Metrics {
     pub collection_errors: IntCounterVec,
     pub target_data_timestamp: GaugeVec,
     pub target_stale_inputs: IntGaugeVec,
+    /// Rate targets: the production rate estimated, events per second.
+    pub target_rate: GaugeVec,
+    /// Rate targets: the replicas served (the formula's result, held steady).
+    pub target_replicas: IntGaugeVec,
     pub unknown_group_queries: IntCounterVec,
     pub snapshot_timestamp: IntGauge,
     pub snapshot_age: prometheus::Gauge,
@@ -89,6 +94,20 @@ impl Metrics {
             Opts::new(
                 "lagscale_target_data_timestamp_seconds",
                 "Unix time of the oldest Kafka read a scaling target's value rests on (alert on time() minus this).",
+            ),
+            &["target"],
+        ));
+        let target_rate = must(GaugeVec::new(
+            Opts::new(
+                "lagscale_target_production_rate",
+                "Production rate into a rate target's topics, events per second (from log-end offsets).",
+            ),
+            &["target"],
+        ));
+        let target_replicas = must(IntGaugeVec::new(
+            Opts::new(
+                "lagscale_target_replicas",
+                "Replicas a rate target asks for: ceil((rate x headroom + backlog / drainHorizon) / eventsPerReplica), held steady.",
             ),
             &["target"],
         ));
@@ -161,6 +180,8 @@ impl Metrics {
             Box::new(collection_errors.clone()),
             Box::new(target_data_timestamp.clone()),
             Box::new(target_stale_inputs.clone()),
+            Box::new(target_rate.clone()),
+            Box::new(target_replicas.clone()),
             Box::new(unknown_group_queries.clone()),
             Box::new(snapshot_timestamp.clone()),
             Box::new(snapshot_age.clone()),
@@ -185,6 +206,8 @@ impl Metrics {
             collection_errors,
             target_data_timestamp,
             target_stale_inputs,
+            target_rate,
+            target_replicas,
             unknown_group_queries,
             snapshot_timestamp,
             snapshot_age,
@@ -217,11 +240,17 @@ impl Metrics {
         }
         self.target_data_timestamp.reset();
         self.target_stale_inputs.reset();
+        self.target_rate.reset();
+        self.target_replicas.reset();
         for (name, t) in &snapshot.targets {
             self.target_value.with_label_values(&[name]).set(t.value.value.as_f64());
             let as_of = t.freshness.as_of.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             self.target_data_timestamp.with_label_values(&[name]).set(if t.freshness.complete { as_of } else { 0.0 });
             self.target_stale_inputs.with_label_values(&[name]).set(t.freshness.stale_inputs as i64);
+            if let Some(rate) = t.rate.filter(|r| r.held != Some(Held::WarmingUp)) {
+                self.target_rate.with_label_values(&[name]).set(rate.rate);
+                self.target_replicas.with_label_values(&[name]).set(i64::try_from(rate.replicas).unwrap_or(i64::MAX));
+            }
         }
         let at = snapshot.collected_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.snapshot_timestamp.set(i64::try_from(at).unwrap_or(i64::MAX));

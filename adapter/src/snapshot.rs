@@ -11,6 +11,7 @@ use crate::collector::{Collected, GroupProtocol, GroupState, Member, Stale};
 use crate::history::OffsetHistory;
 use hpa_model::cap::{CapApplied, TargetValue, target_value};
 use hpa_model::quantity::Quantity;
+use hpa_model::rate::{RateDecision, RateSizing, RateTarget};
 
 use crate::lag::{OffsetPolicy, Watermarks, partition_lag, start_offset};
 use crate::targets::{Target, TargetMetric};
@@ -150,19 +151,34 @@ pub struct TargetLag {
     pub partitions: u32,
     pub members: Option<u32>,
     pub value: TargetValue,
+    /// A rate target's sizing: rate, backlog, the formula's result and what is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateDecision>,
     pub freshness: Freshness,
 }
 
-/// High-watermark histories per (topic, partition), kept across cycles for lag seconds.
+/// What is kept across cycles: high-watermark histories per (topic, partition) for lag
+/// seconds, and each rate target's estimator with its last decision.
 #[derive(Debug, Default)]
 pub struct Histories {
     by_partition: HashMap<(String, i32), OffsetHistory>,
     capacity: usize,
+    rates: HashMap<String, (RateTarget, Option<RateDecision>)>,
 }
 
 impl Histories {
     pub fn new(capacity: usize) -> Self {
-        Self { by_partition: HashMap::new(), capacity }
+        Self { by_partition: HashMap::new(), capacity, rates: HashMap::new() }
+    }
+
+    /// One cycle of a rate target: observed when every input is fresh (a stale log-end would
+    /// read as a stop, then a burst); otherwise the last decision stands.
+    fn rate(&mut self, target: &Target, sizing: &RateSizing, input: RateInput) -> Option<RateDecision> {
+        let (estimator, last) = self.rates.entry(target.name.clone()).or_default();
+        if input.fresh {
+            *last = Some(estimator.update(input.now, input.log_end, input.backlog, sizing, input.cap));
+        }
+        *last
     }
 
     fn record(&mut self, collected: &Collected, now: f64) {
@@ -182,6 +198,17 @@ impl Histories {
     fn lag_seconds(&self, topic: &str, partition: i32, committed: i64, log_end: i64, now: f64) -> f64 {
         self.by_partition.get(&(topic.to_owned(), partition)).map_or(0.0, |h| h.lag_seconds(committed, log_end, now))
     }
+}
+
+/// What a rate target reads in one cycle.
+#[derive(Debug, Clone, Copy)]
+struct RateInput {
+    now: f64,
+    /// Sum of the log-end offsets of the target's partitions.
+    log_end: f64,
+    backlog: f64,
+    cap: Option<u32>,
+    fresh: bool,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -342,6 +369,8 @@ impl Snapshot {
             );
         }
 
+        // Rate targets removed from the file forget their estimate.
+        histories.rates.retain(|name, _| targets.iter().any(|t| &t.name == name && t.rate_sizing().is_some()));
         let mut target_lags = BTreeMap::new();
         for target in targets {
             let name = &target.consumer_group;
@@ -395,45 +424,82 @@ impl Snapshot {
             let replicas = hpa_replicas.get(&target.name).copied().or(members);
             let share = protocol == GroupProtocol::Share;
             let cap_partitions = if target.cap_at_partitions && !share { partitions } else { 0 };
-            let value = match (target.metric, target.activation_lag) {
-                // Scaling on the age of the oldest waiting record: whole seconds, with the same
-                // per-replica arithmetic and cap.
-                (TargetMetric::LagSeconds, activation) => {
-                    let seconds = lag_seconds.ceil() as u64;
-                    if activation.is_some_and(|a| seconds <= a) {
+            // Messages waiting: partitions without a commit count from log-start (a group that
+            // never committed has them waiting whatever its offset policy).
+            let waiting = || -> u64 {
+                topics
+                    .values()
+                    .flat_map(|t| &t.partitions)
+                    .map(|p| match p.committed {
+                        Some(c) if c >= 0 => p.lag,
+                        _ => u64::try_from(p.log_end.saturating_sub(p.log_start)).unwrap_or(0),
+                    })
+                    .sum()
+            };
+            let rate = target.rate_sizing().and_then(|sizing| {
+                let log_end: i64 = topics.values().flat_map(|t| &t.partitions).map(|p| p.log_end).sum();
+                let input = RateInput {
+                    now,
+                    log_end: log_end as f64,
+                    backlog: total_lag as f64,
+                    cap: Some(cap_partitions).filter(|p| *p > 0),
+                    fresh: freshness.stale_inputs == 0 && freshness.complete,
+                };
+                histories.rate(target, &sizing, input)
+            });
+            let value = match (rate, target.metric, target.activation_lag) {
+                // A rate target serves the replicas it sized, times lagPerReplica, through the
+                // same cap; idle (nothing produced, nothing above the activation lag) it serves 0.
+                (Some(decision), _, activation) => {
+                    if decision.rate <= 0.0 && activation.is_some_and(|a| waiting() <= a) {
                         TargetValue { value: Quantity::ZERO, uncapped_replicas: 0, cap: CapApplied::Inactive }
                     } else {
-                        target_value(
-                            seconds,
-                            target.lag_per_replica,
-                            cap_partitions,
-                            replicas,
-                            target.scale_up_tolerance,
-                        )
+                        let per = target.lag_per_replica;
+                        let total = decision.replicas.saturating_mul(per);
+                        target_value(total, per, cap_partitions, replicas, target.scale_up_tolerance)
                     }
                 }
-                (TargetMetric::Lag, None) => {
-                    target_value(total_lag, target.lag_per_replica, cap_partitions, replicas, target.scale_up_tolerance)
-                }
-                (TargetMetric::Lag, Some(activation)) => {
-                    // Uncommitted partitions count from log-start: a group that never committed
-                    // has messages waiting for it whatever its offset policy.
-                    let waiting: u64 = topics
-                        .values()
-                        .flat_map(|t| &t.partitions)
-                        .map(|p| match p.committed {
-                            Some(c) if c >= 0 => p.lag,
-                            _ => u64::try_from(p.log_end.saturating_sub(p.log_start)).unwrap_or(0),
-                        })
-                        .sum();
-                    if waiting <= activation {
-                        TargetValue { value: Quantity::ZERO, uncapped_replicas: 0, cap: CapApplied::Inactive }
-                    } else {
-                        // With no member nobody can have started at log-end yet.
-                        let lag = if members.unwrap_or(0) == 0 { total_lag.max(waiting) } else { total_lag };
-                        target_value(lag, target.lag_per_replica, cap_partitions, replicas, target.scale_up_tolerance)
+                (None, metric, activation) => match (metric, activation) {
+                    // Scaling on the age of the oldest waiting record: whole seconds, with the same
+                    // per-replica arithmetic and cap.
+                    (TargetMetric::LagSeconds, activation) => {
+                        let seconds = lag_seconds.ceil() as u64;
+                        if activation.is_some_and(|a| seconds <= a) {
+                            TargetValue { value: Quantity::ZERO, uncapped_replicas: 0, cap: CapApplied::Inactive }
+                        } else {
+                            target_value(
+                                seconds,
+                                target.lag_per_replica,
+                                cap_partitions,
+                                replicas,
+                                target.scale_up_tolerance,
+                            )
+                        }
                     }
-                }
+                    (TargetMetric::Lag, None) => target_value(
+                        total_lag,
+                        target.lag_per_replica,
+                        cap_partitions,
+                        replicas,
+                        target.scale_up_tolerance,
+                    ),
+                    (TargetMetric::Lag, Some(activation)) => {
+                        let waiting = waiting();
+                        if waiting <= activation {
+                            TargetValue { value: Quantity::ZERO, uncapped_replicas: 0, cap: CapApplied::Inactive }
+                        } else {
+                            // With no member nobody can have started at log-end yet.
+                            let lag = if members.unwrap_or(0) == 0 { total_lag.max(waiting) } else { total_lag };
+                            target_value(
+                                lag,
+                                target.lag_per_replica,
+                                cap_partitions,
+                                replicas,
+                                target.scale_up_tolerance,
+                            )
+                        }
+                    }
+                },
             };
             target_lags.insert(
                 target.name.clone(),
@@ -449,6 +515,7 @@ impl Snapshot {
                     partitions,
                     members,
                     value,
+                    rate,
                     freshness,
                 },
             );
@@ -557,6 +624,85 @@ mod tests {
             assert_eq!(cold.value.value.to_string(), "90", "{members:?}");
         }
         assert_eq!(build(Some(50), None, true).value.cap, CapApplied::AtPartitions);
+    }
+
+    #[test]
+    fn a_rate_target_sizes_from_the_log_end_rate_and_serves_replicas_times_lag_per_replica() {
+        let mut t = (*target(OffsetPolicy::Latest)).clone();
+        t.mode = crate::targets::TargetMode::Rate;
+        t.events_per_replica = Some(4.0);
+        t.topics = vec!["orders".into()];
+        let targets = [Arc::new(t)];
+        let mut histories = Histories::new(8);
+        let cycle = |histories: &mut Histories, second: u64, produced: i64| {
+            let mut c = collected();
+            // Both partitions grow by `produced` in all; the group's commit follows p0.
+            c.topics.insert(
+                "orders".into(),
+                vec![
+                    Watermarks { log_start: 0, log_end: 100 + produced / 2 },
+                    Watermarks { log_start: 40, log_end: 90 + produced / 2 },
+                ],
+            );
+            c.groups
+                .get_mut("billing")
+                .expect("billing")
+                .commits
+                .insert("orders".into(), BTreeMap::from([(0, 60 + produced / 2), (1, 40 + produced / 2)]));
+            let at = UNIX_EPOCH + Duration::from_secs(second);
+            Snapshot::build(&c, histories, &targets, &HashMap::new(), OffsetPolicy::Latest, at).targets["billing-lag"]
+                .clone()
+        };
+        let first = cycle(&mut histories, 1_000, 0);
+        assert_eq!(first.rate.map(|r| r.held), Some(Some(hpa_model::rate::Held::WarmingUp)));
+        // 10 events/s over two 5 s intervals: 10 x 1.2 + 90 backlog / 1200 s = 12.075/s -> 4
+        // replicas of 4/s; served as 4 x lagPerReplica 10. Two partitions cap it at 2.
+        cycle(&mut histories, 1_005, 50);
+        let third = cycle(&mut histories, 1_010, 100);
+        let rate = third.rate.expect("a rate target");
+        assert_eq!((rate.rate, rate.backlog, rate.needed, rate.replicas, rate.held), (10.0, 90.0, 2, 2, None));
+        assert_eq!((third.value.value.to_string(), third.value.cap), ("20".to_owned(), CapApplied::None));
+        // Uncapped: the formula's own count.
+        let mut uncapped = (*targets[0]).clone();
+        uncapped.cap_at_partitions = false;
+        let targets = [Arc::new(uncapped)];
+        let mut histories = Histories::new(8);
+        let mut last = None;
+        for (i, second) in [1_000, 1_005, 1_010].into_iter().enumerate() {
+            let mut c = collected();
+            let produced = 50 * i as i64;
+            c.topics.insert(
+                "orders".into(),
+                vec![
+                    Watermarks { log_start: 0, log_end: 100 + produced / 2 },
+                    Watermarks { log_start: 40, log_end: 90 + produced / 2 },
+                ],
+            );
+            c.groups
+                .get_mut("billing")
+                .expect("billing")
+                .commits
+                .insert("orders".into(), BTreeMap::from([(0, 60 + produced / 2), (1, 40 + produced / 2)]));
+            let at = UNIX_EPOCH + Duration::from_secs(second);
+            last = Some(Snapshot::build(&c, &mut histories, &targets, &HashMap::new(), OffsetPolicy::Latest, at).targets["billing-lag"].clone());
+        }
+        let last = last.expect("built");
+        assert_eq!((last.rate.map(|r| r.replicas), last.value.value.to_string()), (Some(4), "40".to_owned()));
+        // A stale input keeps the last decision instead of reading a stop.
+        let mut c = collected();
+        c.stale_partitions.insert(
+            ("orders".into(), 0),
+            crate::collector::Stale { last_good: Some(UNIX_EPOCH), reason: "broker down".into() },
+        );
+        let stale = Snapshot::build(
+            &c,
+            &mut histories,
+            &targets,
+            &HashMap::new(),
+            OffsetPolicy::Latest,
+            UNIX_EPOCH + Duration::from_secs(1_015),
+        );
+        assert_eq!(stale.targets["billing-lag"].rate, last.rate);
     }
 
     #[test]

@@ -301,7 +301,13 @@ mod tests {
         let file = TargetsFile::parse(&format!("{base}\n  mode: rate\n  eventsPerReplica: 25000"), "f").expect("valid");
         let sizing = file.targets[0].rate_sizing().expect("rate");
         assert_eq!(
-            (sizing.events_per_replica, sizing.headroom, sizing.drain_horizon_seconds, sizing.window_seconds, sizing.hysteresis),
+            (
+                sizing.events_per_replica,
+                sizing.headroom,
+                sizing.drain_horizon_seconds,
+                sizing.window_seconds,
+                sizing.hysteresis
+            ),
             (25000.0, 1.2, 1200.0, 120.0, 0.1)
         );
         let tuned = TargetsFile::parse(
@@ -310,7 +316,10 @@ mod tests {
         )
         .expect("valid");
         let sizing = tuned.targets[0].rate_sizing().expect("rate");
-        assert_eq!((sizing.headroom, sizing.drain_horizon_seconds, sizing.window_seconds, sizing.hysteresis), (1.5, 300.0, 90.0, 0.0));
+        assert_eq!(
+            (sizing.headroom, sizing.drain_horizon_seconds, sizing.window_seconds, sizing.hysteresis),
+            (1.5, 300.0, 90.0, 0.0)
+        );
         assert_eq!(TargetsFile::parse(base, "f").expect("lag").targets[0].rate_sizing(), None);
         for (extra, reason) in [
             ("mode: rate", "needs eventsPerReplica"),

@@ -10,9 +10,10 @@
 //! ```
 //!
 //! in one decision. The estimate follows a level shift within a few polls and is held steady
-//! otherwise: the count rises only once the newest rates agree (a step is not chased through
-//! its partial readings), and falls only when the load fits one replica fewer with a margin
-//! (`hysteresis`), so a steady load never flips the HPA between two counts.
+//! otherwise: the count moves only once the newest rates agree (a step is not chased through
+//! its partial readings), rises only when the demand passes what is served by a margin and
+//! falls only when the load fits one replica fewer with that margin (`hysteresis`), so a
+//! steady load never flips the HPA between two counts.
 
 use std::collections::VecDeque;
 
@@ -32,7 +33,8 @@ pub struct RateSizing {
     pub window_seconds: f64,
     /// Two interval rates within this fraction of each other are one level.
     pub settle: f64,
-    /// The count falls only when the load fits one replica fewer with this margin.
+    /// The count rises only when the demand passes what is served by this fraction, and falls
+    /// only when the load fits one replica fewer with this margin.
     pub hysteresis: f64,
 }
 
@@ -156,7 +158,7 @@ pub enum Held {
     WarmingUp,
     /// The rate is moving (a step read halfway): waiting for the newest rates to agree.
     Unsettled,
-    /// Fewer would do, but not with the hysteresis margin.
+    /// Another count would do, but not by the hysteresis margin.
     Hysteresis,
 }
 
@@ -224,11 +226,14 @@ impl RateTarget {
         let steady = settled || self.unsettled_polls >= MAX_UNSETTLED_POLLS;
         let (replicas, held) = match self.served {
             None => (needed, None),
+            // Up once the demand passes what is served by the margin too: noise a few percent
+            // over a count's boundary eats into the headroom, it does not add a replica.
             Some(served) if needed > served => {
-                if steady {
-                    (needed, None)
-                } else {
-                    (served, Some(Held::Unsettled))
+                let outgrown = demand > served as f64 * per * (1.0 + sizing.hysteresis);
+                match (steady, outgrown) {
+                    (true, true) => (needed, None),
+                    (false, _) => (served, Some(Held::Unsettled)),
+                    (true, false) => (served, Some(Held::Hysteresis)),
                 }
             }
             Some(served) if needed < served => {
@@ -253,7 +258,7 @@ mod tests {
     use super::*;
 
     fn sizing() -> RateSizing {
-        RateSizing { events_per_replica: 1000.0, ..RateSizing::new(1000.0) }
+        RateSizing { drain_horizon_seconds: 600.0, ..RateSizing::new(1000.0) }
     }
 
     /// Feeds `rate` events/s for `seconds`, polling every 5 s, with no backlog; returns the
