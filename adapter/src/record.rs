@@ -59,6 +59,9 @@ pub struct Point {
     pub replicas: Option<u32>,
     /// topic -> partition -> lag.
     pub partitions: BTreeMap<String, BTreeMap<i32, u64>>,
+    /// Sum of the target's log-end offsets: everything produced to it so far (with the lag,
+    /// what the group processed between two points; `lag-tuner estimate` reads it).
+    pub produced: i64,
 }
 
 #[derive(Debug)]
@@ -121,6 +124,7 @@ impl Recorder {
                     .iter()
                     .map(|(topic, lag)| (topic.clone(), lag.partitions.iter().map(|p| (p.partition, p.lag)).collect()))
                     .collect(),
+                produced: t.topics.values().flat_map(|lag| &lag.partitions).map(|p| p.log_end).sum(),
             };
             let points = series.entry(name.clone()).or_default();
             if points.len() == self.capacity {
@@ -147,22 +151,23 @@ impl Recorder {
     }
 }
 
-/// `seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs`: seconds from the
-/// first point; replicas from the cluster, else the members, else empty.
+/// `seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs,produced`: seconds
+/// from the first point; replicas from the cluster, else the members, else empty.
 pub fn csv(points: &[Point]) -> String {
     let start = points.first().map_or(0.0, |p| p.at);
-    let mut out = String::from("seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs\n");
+    let mut out = String::from("seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs,produced\n");
     for p in points {
         let replicas = p.replicas.or(p.members).map_or_else(String::new, |r| r.to_string());
         let members = p.members.map_or_else(String::new, |m| m.to_string());
         out.push_str(&format!(
-            "{:.1},{},{replicas},{},{members},{:.3},{},{}\n",
+            "{:.1},{},{replicas},{},{members},{:.3},{},{},{}\n",
             p.at - start,
             p.total_lag,
             p.served,
             p.at,
             p.protocol.name(),
-            p.stale_inputs
+            p.stale_inputs,
+            p.produced
         ));
     }
     out
@@ -238,6 +243,7 @@ mod tests {
             stale_inputs: 0,
             replicas,
             partitions: BTreeMap::from([("orders".to_owned(), BTreeMap::from([(0, lag)]))]),
+            produced: 1000 + lag as i64,
         }
     }
 
@@ -246,10 +252,10 @@ mod tests {
         let text =
             csv(&[point(100.0, 5, Some(2), None), point(105.0, 7, Some(2), Some(3)), point(110.0, 9, None, None)]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs");
-        assert_eq!(lines[1], "0.0,5,2,5,2,100.000,consumer,0");
-        assert_eq!(lines[2], "5.0,7,3,7,2,105.000,consumer,0");
-        assert_eq!(lines[3], "10.0,9,,9,,110.000,consumer,0");
+        assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs,produced");
+        assert_eq!(lines[1], "0.0,5,2,5,2,100.000,consumer,0,1005");
+        assert_eq!(lines[2], "5.0,7,3,7,2,105.000,consumer,0,1007");
+        assert_eq!(lines[3], "10.0,9,,9,,110.000,consumer,0,1009");
         let json: serde_json::Value = serde_json::from_str(jsonl(&[point(1.0, 4, None, None)]).trim()).expect("json");
         assert_eq!(json["partitions"]["orders"]["0"], 4);
     }

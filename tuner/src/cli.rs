@@ -29,7 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// Replay a trace through HPA profiles: replica timeline, reconfigurations, peak lag,
     /// time to drain.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Why a scaling target serves what it serves: per partition offsets, lag, policy, status,
     /// and what the HPA will compute.
     Explain(ExplainArgs),
@@ -37,6 +37,23 @@ pub enum Command {
     /// as CSV (`seconds,lag,replicas,...`, what `simulate --lag-file` reads) or JSON lines;
     /// with --answers, every answer to the HPA's queries.
     Record(RecordArgs),
+    /// A rate target's eventsPerReplica, from a `record` CSV of the group while it was
+    /// saturated (a backlog waiting): what it processed per second per member.
+    Estimate(EstimateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    /// A CSV written by `lag-tuner record` (this release: it has the `produced` column).
+    pub record: PathBuf,
+    /// Length of the windows the record is cut into.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub window: Duration,
+    /// A window counts when every point has at least this lag (the group is saturated).
+    #[arg(long, default_value_t = 1000.0)]
+    pub min_lag: f64,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -308,6 +325,22 @@ pub fn table(outcomes: &[Outcome]) -> String {
 }
 
 /// Runs `record`; returns what to print (nothing when written to `--output`).
+/// Runs `estimate`; returns what to print.
+pub fn estimate(args: &EstimateArgs) -> Result<String, TunerError> {
+    use crate::estimate::{estimate as measure, parse};
+    let text = read(&args.record)?;
+    let rows = parse(&text).map_err(|e| TunerError::Invalid(format!("{}: {e}", args.record.display())))?;
+    let e = measure(&rows, args.window.as_secs_f64(), args.min_lag)
+        .map_err(|e| TunerError::Invalid(format!("{}: {e}", args.record.display())))?;
+    if args.json {
+        return serde_json::to_string_pretty(&e).map(|j| j + "\n").map_err(|e| TunerError::Invalid(e.to_string()));
+    }
+    Ok(format!(
+        "eventsPerReplica: {:.0}   (median of {} saturated windows of {:.0} s out of {}; p25 {:.0}, p75 {:.0} events/s per replica)\n",
+        e.events_per_replica, e.windows_used, e.window_seconds, e.windows, e.p25, e.p75
+    ))
+}
+
 pub async fn record(args: &RecordArgs) -> Result<String, TunerError> {
     let format = match args.format {
         RecordFormat::Csv => "csv",
@@ -515,8 +548,8 @@ mod tests {
         let mut all = vec!["lag-tuner", "simulate"];
         all.extend_from_slice(extra);
         match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
-            Command::Simulate(a) => Ok(a),
-            Command::Explain(_) | Command::Record(_) => Err("not simulate".into()),
+            Command::Simulate(a) => Ok(*a),
+            Command::Explain(_) | Command::Record(_) | Command::Estimate(_) => Err("not simulate".into()),
         }
     }
 

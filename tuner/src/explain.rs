@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use hpa_model::cap::CapApplied;
+use hpa_model::rate::{Held, RateDecision, RateSizing};
 use hpa_model::{Controller, Release, Spec, TargetType};
 use lag_adapter::collector::{Collector, GroupProtocol};
 use lag_adapter::error::KafkaError;
@@ -91,8 +92,18 @@ pub struct Explanation {
     pub served: String,
     pub uncapped_replicas: u64,
     pub cap: CapApplied,
+    /// A rate target's sizing at the last sample, with its settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateView>,
     pub hpa: HpaView,
     pub by_partition: Vec<PartitionView>,
+}
+
+/// How a rate target found its replicas.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateView {
+    pub sizing: RateSizing,
+    pub decision: RateDecision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +240,7 @@ pub fn explain(
         served: last.value.value.to_string(),
         uncapped_replicas: last.value.uncapped_replicas,
         cap: last.value.cap,
+        rate: target.rate_sizing().zip(last.rate).map(|(sizing, decision)| RateView { sizing, decision }),
         hpa: HpaView {
             current_replicas: current,
             usage_ratio,
@@ -240,6 +252,40 @@ pub fn explain(
         },
         by_partition,
     })
+}
+
+/// A rate target's formula with its numbers, and why the served count differs if it does.
+fn rate_lines(r: &RateView, lag_per_replica: u64) -> String {
+    let (s, d) = (&r.sizing, &r.decision);
+    let level = if d.settled { "settled" } else { "moving" };
+    let mut out = format!(
+        "rate target: production {:.1} events/s over {:.0} s ({level}), backlog {:.0}\n         ceil((rate x headroom + backlog / drainHorizon) / eventsPerReplica) = \
+         ceil(({:.1} x {} + {:.0} / {:.0} s) / {}) = ceil({:.1} / {}) = {} replicas\n",
+        d.rate,
+        d.rate_over_seconds,
+        d.backlog,
+        d.rate,
+        s.headroom,
+        d.backlog,
+        s.drain_horizon_seconds,
+        s.events_per_replica,
+        d.demand,
+        s.events_per_replica,
+        d.needed
+    );
+    let held = match d.held {
+        None => String::new(),
+        Some(Held::WarmingUp) => " (warming up: one sample, no rate yet; the adapter answers 503)".to_owned(),
+        Some(Held::Unsettled) => " (held: the rate is moving; it follows once the newest rates agree)".to_owned(),
+        Some(Held::Hysteresis) => {
+            format!(" (held: {} would do, but not by the {:.0} % hysteresis margin)", d.needed, s.hysteresis * 100.0)
+        }
+    };
+    out.push_str(&format!(
+        "asks for {} replicas{held}: served as {} x lagPerReplica {}\n",
+        d.replicas, d.replicas, lag_per_replica
+    ));
+    out
 }
 
 /// The terminal rendering.
@@ -304,6 +350,9 @@ pub fn render(e: &Explanation) -> String {
         "\ntotal lag {} over {} partitions (oldest unconsumed {:.1} s); uncommitted partitions count as {:?}\n",
         e.total_lag, e.partitions, e.lag_seconds, e.uncommitted_offset_policy
     ));
+    if let Some(r) = &e.rate {
+        out.push_str(&rate_lines(r, e.lag_per_replica));
+    }
     out.push_str(&format!("served {} ({cap})\n", e.served));
     let hpa = &e.hpa;
     let band = format!("[{:.3}, {:.3}]", 1.0 - hpa.tolerance_down, 1.0 + hpa.tolerance_up);
@@ -342,5 +391,32 @@ mod tests {
         assert_eq!(s(&[(Some(5), 10), (Some(9), 12), (Some(14), 11)], Some(1)), Status::Ok, "lag fell once");
         assert_eq!(s(&[(Some(9), 10), (Some(5), 12)], Some(1)), Status::Rewind);
         assert_eq!(s(&[(Some(5), 10)], Some(1)), Status::Ok, "one sample cannot tell movement");
+    }
+
+    #[test]
+    fn a_rate_target_shows_its_formula_with_the_numbers_and_why_it_holds() {
+        use hpa_model::rate::{RateDecision, RateSizing};
+        let sizing = RateSizing::new(25_000.0);
+        let decision = RateDecision {
+            rate: 60_000.0,
+            rate_over_seconds: 120.0,
+            settled: true,
+            backlog: 2_400_000.0,
+            demand: 74_000.0,
+            needed: 3,
+            replicas: 4,
+            held: Some(Held::Hysteresis),
+        };
+        let text = rate_lines(&RateView { sizing, decision }, 50_000);
+        assert!(text.contains("production 60000.0 events/s over 120 s (settled), backlog 2400000"), "{text}");
+        assert!(
+            text.contains("ceil((60000.0 x 1.2 + 2400000 / 1200 s) / 25000) = ceil(74000.0 / 25000) = 3 replicas"),
+            "{text}"
+        );
+        assert!(
+            text.contains("asks for 4 replicas (held: 3 would do, but not by the 10 % hysteresis margin)"),
+            "{text}"
+        );
+        assert!(text.contains("served as 4 x lagPerReplica 50000"), "{text}");
     }
 }

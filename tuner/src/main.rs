@@ -1,7 +1,7 @@
 //! lag-tuner: see `lag_tuner::cli`.
 
 use clap::Parser;
-use lag_tuner::cli::{Cli, Command, explain, record, simulate};
+use lag_tuner::cli::{Cli, Command, estimate, explain, record, simulate};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
@@ -10,6 +10,7 @@ async fn main() -> std::process::ExitCode {
         Command::Simulate(args) => simulate(args),
         Command::Explain(args) => explain(args).await,
         Command::Record(args) => record(args).await,
+        Command::Estimate(args) => estimate(args),
     };
     match result {
         Ok(text) => {

@@ -566,4 +566,26 @@ mod tests {
         assert!(RateTrace::from_lag(&[(0.0, 0.0, 1)], 1.0).is_err());
         assert!(RateTrace::from_lag(&[(5.0, 0.0, 1), (5.0, 1.0, 1)], 1.0).is_err());
     }
+
+    /// The step-once profile's shape on a rate target: a burst is met with one move up and,
+    /// after it, one move down.
+    #[test]
+    fn a_rate_target_meets_a_burst_with_one_move_each_way() {
+        let rules = |window: i64| Rules {
+            window_ms: window * 1000,
+            tolerance: Some(0.01),
+            select: SelectPolicy::Max,
+            policies: vec![Policy { kind: PolicyType::Percent, value: 1000, period_ms: 15_000 }],
+        };
+        let spec = Spec { min: 1, behavior: Some((rules(0), rules(600))), ..spec(0, 0) };
+        let trace = RateTrace::parse("0:4000,1200:30000,2100:4000").expect("trace");
+        let rate = run(&spec, Serving::LagscaleRate(RateSizing::new(5000.0)), &trace, &model(), &settings(7200.0))
+            .expect("runs");
+        let ups = rate.scalings.iter().filter(|(_, from, to)| to > from).count();
+        let downs = rate.scalings.iter().filter(|(_, from, to)| to < from).count();
+        assert_eq!((ups, downs), (1, 1), "{:?}", rate.scalings);
+        // ceil(30,000 x 1.2 / 5,000) = 8 (the partition count), then back to ceil(4,000 x 1.2 / 5,000) = 1.
+        let peak = rate.scalings.iter().map(|(_, _, to)| *to).max();
+        assert_eq!(peak, Some(8), "{:?}", rate.scalings);
+    }
 }

@@ -166,9 +166,12 @@ async fn records_what_was_served_and_exports_it_for_simulate() {
     let csv =
         reqwest::get(format!("{from}/record/orders-lag?format=csv")).await.expect("get").text().await.expect("text");
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs");
+    assert_eq!(lines[0], "seconds,lag,replicas,served,members,unix_time,protocol,stale_inputs,produced");
     assert!(lines.len() >= 4, "{csv}");
     assert!(lines[1].starts_with("0.0,70,0,70,0,"), "{csv}");
+    // Everything produced to the target's partitions: their log-end offsets summed.
+    let produced: i64 = lines[1].rsplit(',').next().and_then(|v| v.parse().ok()).expect("produced");
+    assert!(produced >= 70, "{csv}");
     let jsonl =
         reqwest::get(format!("{from}/record/orders-lag?format=jsonl")).await.expect("get").text().await.expect("text");
     let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().expect("a line")).expect("json");
