@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release --locked -q -p lag-tuner --bin lag-tuner
 tuner=target/release/lag-tuner
 mkdir -p hpa/charts
-profiles=(--hpa hpa/hpa.yaml --hpa hpa/profiles/fast.yaml --hpa hpa/profiles/steady.yaml --hpa hpa/profiles/scale-to-zero.yaml)
+profiles=(--hpa hpa/hpa.yaml --hpa hpa/profiles/fast.yaml --hpa hpa/profiles/steady.yaml --hpa hpa/profiles/scale-to-zero.yaml --hpa hpa/profiles/step-once.yaml)
 # activationLag 0, as deploy/adapter/configmap.yaml ships it.
 for trace in step sine spikes day batches; do
   echo "== $trace"

@@ -614,25 +614,7 @@ mod tests {
     #[test]
     fn targets_of_groups_that_are_no_label_value_omit_the_group_label() {
         let long_group = format!("team/{}", "g".repeat(80));
-        let target = crate::targets::Target {
-            name: "long-group-lag".into(),
-            consumer_group: long_group.clone(),
-            topics: vec!["t".into()],
-            lag_per_replica: 10,
-            uncommitted_offset_policy: crate::lag::OffsetPolicy::Latest,
-            cap_at_partitions: true,
-            scale_up_tolerance: 0.1,
-            activation_lag: None,
-            metric: crate::targets::TargetMetric::Lag,
-            missing_group: crate::targets::MissingGroup::Reject,
-            namespaces: vec![],
-            mode: Default::default(),
-            events_per_replica: None,
-            headroom: 1.2,
-            drain_horizon: std::time::Duration::from_secs(1200),
-            rate_window: std::time::Duration::from_secs(120),
-            hysteresis: 0.1,
-        };
+        let target = crate::targets::Target::new("long-group-lag", &long_group, &["t"], 10);
         let mut collected = crate::collector::Collected::default();
         collected.topics.insert("t".into(), vec![crate::lag::Watermarks { log_start: 0, log_end: 42 }]);
         let mut group = crate::collector::GroupState::default();

@@ -574,23 +574,8 @@ mod tests {
 
     fn target(policy: OffsetPolicy) -> Arc<Target> {
         Arc::new(Target {
-            name: "billing-lag".into(),
-            consumer_group: "billing".into(),
-            topics: vec!["orders".into(), "missing".into()],
-            lag_per_replica: 10,
             uncommitted_offset_policy: policy,
-            cap_at_partitions: true,
-            scale_up_tolerance: 0.1,
-            activation_lag: None,
-            metric: crate::targets::TargetMetric::Lag,
-            missing_group: crate::targets::MissingGroup::Reject,
-            namespaces: vec![],
-            mode: Default::default(),
-            events_per_replica: None,
-            headroom: 1.2,
-            drain_horizon: std::time::Duration::from_secs(1200),
-            rate_window: std::time::Duration::from_secs(120),
-            hysteresis: 0.1,
+            ..Target::new("billing-lag", "billing", &["orders", "missing"], 10)
         })
     }
 
@@ -628,15 +613,18 @@ mod tests {
 
     #[test]
     fn a_rate_target_sizes_from_the_log_end_rate_and_serves_replicas_times_lag_per_replica() {
-        let mut t = (*target(OffsetPolicy::Latest)).clone();
-        t.mode = crate::targets::TargetMode::Rate;
-        t.events_per_replica = Some(4.0);
-        t.topics = vec!["orders".into()];
-        let targets = [Arc::new(t)];
-        let mut histories = Histories::new(8);
-        let cycle = |histories: &mut Histories, second: u64, produced: i64| {
+        let rate_target = |cap: bool| {
+            let mut t = (*target(OffsetPolicy::Latest)).clone();
+            t.mode = crate::targets::TargetMode::Rate;
+            t.events_per_replica = Some(4.0);
+            t.topics = vec!["orders".into()];
+            t.cap_at_partitions = cap;
+            [Arc::new(t)]
+        };
+        // One cycle at `second`, `produced` events after the first, spread over both
+        // partitions; the group's commits follow, so the backlog stays 40 + 50.
+        let cycle = |histories: &mut Histories, targets: &[Arc<Target>], second: u64, produced: i64| {
             let mut c = collected();
-            // Both partitions grow by `produced` in all; the group's commit follows p0.
             c.topics.insert(
                 "orders".into(),
                 vec![
@@ -650,43 +638,26 @@ mod tests {
                 .commits
                 .insert("orders".into(), BTreeMap::from([(0, 60 + produced / 2), (1, 40 + produced / 2)]));
             let at = UNIX_EPOCH + Duration::from_secs(second);
-            Snapshot::build(&c, histories, &targets, &HashMap::new(), OffsetPolicy::Latest, at).targets["billing-lag"]
+            Snapshot::build(&c, histories, targets, &HashMap::new(), OffsetPolicy::Latest, at).targets["billing-lag"]
                 .clone()
         };
-        let first = cycle(&mut histories, 1_000, 0);
+        let capped = rate_target(true);
+        let mut histories = Histories::new(8);
+        let first = cycle(&mut histories, &capped, 1_000, 0);
         assert_eq!(first.rate.map(|r| r.held), Some(Some(hpa_model::rate::Held::WarmingUp)));
         // 10 events/s over two 5 s intervals: 10 x 1.2 + 90 backlog / 1200 s = 12.075/s -> 4
-        // replicas of 4/s; served as 4 x lagPerReplica 10. Two partitions cap it at 2.
-        cycle(&mut histories, 1_005, 50);
-        let third = cycle(&mut histories, 1_010, 100);
+        // replicas of 4/s; two partitions cap it at 2, served as 2 x lagPerReplica 10.
+        cycle(&mut histories, &capped, 1_005, 50);
+        let third = cycle(&mut histories, &capped, 1_010, 100);
         let rate = third.rate.expect("a rate target");
         assert_eq!((rate.rate, rate.backlog, rate.needed, rate.replicas, rate.held), (10.0, 90.0, 2, 2, None));
         assert_eq!((third.value.value.to_string(), third.value.cap), ("20".to_owned(), CapApplied::None));
         // Uncapped: the formula's own count.
-        let mut uncapped = (*targets[0]).clone();
-        uncapped.cap_at_partitions = false;
-        let targets = [Arc::new(uncapped)];
+        let uncapped = rate_target(false);
         let mut histories = Histories::new(8);
-        let mut last = None;
-        for (i, second) in [1_000, 1_005, 1_010].into_iter().enumerate() {
-            let mut c = collected();
-            let produced = 50 * i as i64;
-            c.topics.insert(
-                "orders".into(),
-                vec![
-                    Watermarks { log_start: 0, log_end: 100 + produced / 2 },
-                    Watermarks { log_start: 40, log_end: 90 + produced / 2 },
-                ],
-            );
-            c.groups
-                .get_mut("billing")
-                .expect("billing")
-                .commits
-                .insert("orders".into(), BTreeMap::from([(0, 60 + produced / 2), (1, 40 + produced / 2)]));
-            let at = UNIX_EPOCH + Duration::from_secs(second);
-            last = Some(Snapshot::build(&c, &mut histories, &targets, &HashMap::new(), OffsetPolicy::Latest, at).targets["billing-lag"].clone());
-        }
-        let last = last.expect("built");
+        cycle(&mut histories, &uncapped, 1_000, 0);
+        cycle(&mut histories, &uncapped, 1_005, 50);
+        let last = cycle(&mut histories, &uncapped, 1_010, 100);
         assert_eq!((last.rate.map(|r| r.replicas), last.value.value.to_string()), (Some(4), "40".to_owned()));
         // A stale input keeps the last decision instead of reading a stop.
         let mut c = collected();
@@ -694,14 +665,8 @@ mod tests {
             ("orders".into(), 0),
             crate::collector::Stale { last_good: Some(UNIX_EPOCH), reason: "broker down".into() },
         );
-        let stale = Snapshot::build(
-            &c,
-            &mut histories,
-            &targets,
-            &HashMap::new(),
-            OffsetPolicy::Latest,
-            UNIX_EPOCH + Duration::from_secs(1_015),
-        );
+        let at = UNIX_EPOCH + Duration::from_secs(1_015);
+        let stale = Snapshot::build(&c, &mut histories, &uncapped, &HashMap::new(), OffsetPolicy::Latest, at);
         assert_eq!(stale.targets["billing-lag"].rate, last.rate);
     }
 

@@ -132,6 +132,30 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 }
 
 impl Target {
+    /// A lag target with every optional setting at its default: what a file giving only
+    /// these four keys reads as.
+    pub fn new(name: &str, consumer_group: &str, topics: &[&str], lag_per_replica: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            consumer_group: consumer_group.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            metric: TargetMetric::default(),
+            lag_per_replica,
+            uncommitted_offset_policy: OffsetPolicy::default(),
+            cap_at_partitions: yes(),
+            scale_up_tolerance: default_tolerance(),
+            activation_lag: None,
+            missing_group: MissingGroup::default(),
+            namespaces: Vec::new(),
+            mode: TargetMode::default(),
+            events_per_replica: None,
+            headroom: default_headroom(),
+            drain_horizon: default_drain_horizon(),
+            rate_window: default_rate_window(),
+            hysteresis: default_hysteresis(),
+        }
+    }
+
     /// The sizing of a rate target (`None` for a lag target).
     pub fn rate_sizing(&self) -> Option<RateSizing> {
         if self.mode != TargetMode::Rate {
@@ -293,6 +317,14 @@ mod tests {
             let err = TargetsFile::parse(&yaml, "file.yaml").expect_err(&yaml).to_string();
             assert!(err.contains("file.yaml") && err.contains(reason), "{yaml:?}: {err}");
         }
+    }
+
+    #[test]
+    fn new_is_what_a_file_with_only_the_required_keys_reads_as() {
+        let file =
+            TargetsFile::parse("targets:\n- {name: a, consumerGroup: g, topics: [t, u], lagPerReplica: 7}\n", "f")
+                .expect("valid");
+        assert_eq!(file.targets[0], Target::new("a", "g", &["t", "u"], 7));
     }
 
     #[test]

@@ -200,7 +200,7 @@ async fn filters_bound_what_is_collected_but_never_targets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_seconds_come_from_the_first_unconsumed_records_own_timestamp() {
     use lag_adapter::snapshot::{Histories, Snapshot};
-    use lag_adapter::targets::{MissingGroup, Target, TargetMetric};
+    use lag_adapter::targets::{Target, TargetMetric};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::sync::Arc;
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -238,25 +238,8 @@ async fn lag_seconds_come_from_the_first_unconsumed_records_own_timestamp() {
         }
     }
     common::commit(&broker, "aged", &[("events", 0, 7), ("events", 1, 0)]);
-    let target = Arc::new(Target {
-        name: "aged-seconds".into(),
-        consumer_group: "aged".into(),
-        topics: vec!["events".into()],
-        metric: TargetMetric::LagSeconds,
-        lag_per_replica: 60,
-        uncommitted_offset_policy: lag_adapter::lag::OffsetPolicy::Latest,
-        cap_at_partitions: true,
-        scale_up_tolerance: 0.1,
-        activation_lag: None,
-        missing_group: MissingGroup::Reject,
-        namespaces: vec![],
-        mode: Default::default(),
-        events_per_replica: None,
-        headroom: 1.2,
-        drain_horizon: std::time::Duration::from_secs(1200),
-        rate_window: std::time::Duration::from_secs(120),
-        hysteresis: 0.1,
-    });
+    let target =
+        Arc::new(Target { metric: TargetMetric::LagSeconds, ..Target::new("aged-seconds", "aged", &["events"], 60) });
     let mut collector = Collector::new(vec![broker.bootstrap()], Duration::from_secs(3));
     let c = collector.collect_targets(std::slice::from_ref(&target)).await.expect("cycle");
     assert_eq!(c.record_times.get(&("events".to_owned(), 0)), Some(&(7, base + 7_000)), "mid-batch, lz4");

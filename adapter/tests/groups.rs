@@ -12,7 +12,7 @@ use hpa_model::cap::CapApplied;
 use lag_adapter::collector::{Collected, Collector, GroupProtocol};
 use lag_adapter::lag::OffsetPolicy;
 use lag_adapter::snapshot::{Histories, Snapshot};
-use lag_adapter::targets::{MissingGroup, Target};
+use lag_adapter::targets::Target;
 use lagscale_tests::{Broker, RunDir};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
@@ -76,25 +76,7 @@ async fn until(
 }
 
 fn target(name: &str, group: &str, topic: &str) -> Target {
-    Target {
-        name: name.into(),
-        consumer_group: group.into(),
-        topics: vec![topic.into()],
-        lag_per_replica: 10,
-        uncommitted_offset_policy: OffsetPolicy::Latest,
-        cap_at_partitions: true,
-        scale_up_tolerance: 0.1,
-        activation_lag: None,
-        metric: lag_adapter::targets::TargetMetric::Lag,
-        missing_group: MissingGroup::Reject,
-        namespaces: vec![],
-        mode: Default::default(),
-        events_per_replica: None,
-        headroom: 1.2,
-        drain_horizon: std::time::Duration::from_secs(1200),
-        rate_window: std::time::Duration::from_secs(120),
-        hysteresis: 0.1,
-    }
+    Target::new(name, group, &[topic], 10)
 }
 
 /// Both rebalance protocols on one broker: a KIP-848 group (librdkafka
