@@ -2,8 +2,9 @@
 //! relies on) makes the real kube-controller-manager 1.37's decisions. A scripted lag series
 //! (set by committing offsets on a real broker) is served by the adapter through the
 //! aggregator to the real HPA controller, for several HPAs at once: the shipped behaviours'
-//! shapes, per-direction tolerance, scale to zero and back (activationLag), and the tolerance
-//! trap the cap escapes (12 partitions, 11 replicas).
+//! shapes, per-direction tolerance, scale to zero and back (activationLag), the tolerance
+//! trap the cap escapes (12 partitions, 11 replicas), and the step-once profile on a rate
+//! target.
 //!
 //! The comparison does not depend on machine load: the adapter keeps every answer it gave
 //! (`/answers`: time, asker and value), so the model is fed exactly the samples the controller
@@ -44,15 +45,18 @@ struct Case {
     min: i32,
     max: i32,
     behavior: &'static str,
+    /// More lines of the target (a rate target's settings).
+    target: &'static str,
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     Case {
         name: "conservative",
         lag_per_replica: 10_000,
         activation_lag: None,
         min: 1,
         max: 6,
+        target: "",
         behavior: "    scaleUp:
       stabilizationWindowSeconds: 11
       selectPolicy: Min
@@ -69,6 +73,7 @@ const CASES: [Case; 6] = [
         activation_lag: None,
         min: 1,
         max: 6,
+        target: "",
         behavior: "    scaleUp:
       stabilizationWindowSeconds: 0
       selectPolicy: Max
@@ -85,6 +90,7 @@ const CASES: [Case; 6] = [
         activation_lag: None,
         min: 1,
         max: 6,
+        target: "",
         behavior: "    scaleUp:
       stabilizationWindowSeconds: 5
       selectPolicy: Min
@@ -101,6 +107,7 @@ const CASES: [Case; 6] = [
         activation_lag: None,
         min: 1,
         max: 6,
+        target: "",
         behavior: "    scaleUp:
       tolerance: \"0.02\"
       stabilizationWindowSeconds: 0
@@ -117,6 +124,7 @@ const CASES: [Case; 6] = [
         activation_lag: Some(2_000),
         min: 0,
         max: 6,
+        target: "",
         behavior: "    scaleUp:
       stabilizationWindowSeconds: 0
       policies: [{type: Pods, value: 2, periodSeconds: 5}]
@@ -133,12 +141,36 @@ const CASES: [Case; 6] = [
         activation_lag: None,
         min: 11,
         max: 12,
+        target: "",
         behavior: "    scaleUp:
       stabilizationWindowSeconds: 0
       policies: [{type: Pods, value: 1, periodSeconds: 3}]
     scaleDown:
       stabilizationWindowSeconds: 3
       policies: [{type: Pods, value: 1, periodSeconds: 3}]
+",
+    },
+    // The step-once profile's shape on a rate target: tolerance 1 %, any step up at once, one
+    // step down after its window. Nothing is produced during the script, so the rate is 0 and
+    // the count is the backlog's: ceil(lag / 1 s drain horizon / 10,000), held by the 10 %
+    // hysteresis, served as count x 10,000.
+    Case {
+        name: "step-once",
+        lag_per_replica: 10_000,
+        activation_lag: None,
+        min: 1,
+        max: 6,
+        target: "  mode: rate\n  eventsPerReplica: 10000\n  drainHorizon: 1s\n  rateWindow: 5s\n  scaleUpTolerance: 0.01\n",
+        behavior: "    scaleUp:
+      tolerance: \"0.01\"
+      stabilizationWindowSeconds: 0
+      selectPolicy: Max
+      policies: [{type: Percent, value: 1000, periodSeconds: 3}]
+    scaleDown:
+      tolerance: \"0.01\"
+      stabilizationWindowSeconds: 15
+      selectPolicy: Max
+      policies: [{type: Percent, value: 100, periodSeconds: 3}]
 ",
     },
 ];
@@ -206,6 +238,7 @@ fn targets_file() -> String {
         if let Some(a) = case.activation_lag {
             out.push_str(&format!("  activationLag: {a}\n"));
         }
+        out.push_str(case.target);
     }
     out
 }

@@ -55,10 +55,25 @@ fn manifests_agree_with_each_other() {
     let targets_cm = find(&docs, "ConfigMap", "lag-adapter-targets").expect("targets");
     let targets: Value =
         serde_yaml_ng::from_str(targets_cm["data"]["targets.yaml"].as_str().expect("targets.yaml")).expect("yaml");
-    let target = &targets["targets"][0];
     for file in hpa_profiles() {
         let hpa = &documents(&std::fs::read_to_string(&file).expect("read")).expect("yaml")[0];
         let spec = &hpa["spec"];
+        // The target the HPA reads, by its metric name.
+        let metric = spec["metrics"][0]["external"]["metric"]["name"].as_str().expect("metric name");
+        let target = targets["targets"]
+            .as_sequence()
+            .expect("targets")
+            .iter()
+            .find(|t| t["name"].as_str() == Some(metric))
+            .unwrap_or_else(|| panic!("{}: metric {metric:?} is no target of the adapter", file.display()));
+        // A profile written for a rate target reads one (and lag-tuner simulates it as one).
+        let rate = hpa["metadata"]["annotations"]["lagscale.io/target-mode"].as_str() == Some("rate");
+        assert_eq!(rate, target["mode"].as_str() == Some("rate"), "{}: target mode", file.display());
+        // An HPA with its own scale-up tolerance needs the same in the target (the cap's escape).
+        let tolerance = &spec["behavior"]["scaleUp"]["tolerance"];
+        if let Some(tolerance) = tolerance.as_f64().or_else(|| tolerance.as_str()?.parse().ok()) {
+            assert_eq!(target["scaleUpTolerance"].as_f64(), Some(tolerance), "{}: scaleUpTolerance", file.display());
+        }
         let max = spec["maxReplicas"].as_i64().expect("maxReplicas");
         assert!(max <= partitions, "{}: maxReplicas {max} > {partitions} partitions", file.display());
         // Scale to zero needs the target to activate: serve 0 only when nothing waits, and
