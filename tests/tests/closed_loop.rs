@@ -27,6 +27,8 @@ const TIME_SCALE: i64 = 10;
 /// The lag target (HPA AverageValue = the adapter's lagPerReplica) for the test's 3,000
 /// events/s into debug-build workers; the shipped 10,000 suits production rates.
 const LAG_PER_REPLICA: u64 = 1000;
+/// What the rate target counts one worker for in the test (its formula's eventsPerReplica).
+const RATE_EVENTS_PER_REPLICA: u64 = 1000;
 const METRIC_PATH: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/pipeline/projection-worker-lag";
 const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/pipeline/horizontalpodautoscalers/projection-worker";
 
@@ -188,6 +190,14 @@ async fn start_loop(name: &str, offset_policy: &str) -> Loop {
     .expect("targets yaml");
     targets["targets"][0]["lagPerReplica"] = Value::from(LAG_PER_REPLICA);
     targets["targets"][0]["uncommittedOffsetPolicy"] = Value::from(offset_policy);
+    // The rate target (step-once), at the test's scale: the lag target's lagPerReplica, a
+    // worker counted as 1,000 events/s, its horizon and window divided by TIME_SCALE.
+    let rate = &mut targets["targets"][1];
+    assert_eq!(rate["mode"].as_str(), Some("rate"), "deploy/ ships the rate target second");
+    rate["lagPerReplica"] = Value::from(LAG_PER_REPLICA);
+    rate["eventsPerReplica"] = Value::from(RATE_EVENTS_PER_REPLICA);
+    rate["drainHorizon"] = Value::from(format!("{}s", 1200 / TIME_SCALE));
+    rate["rateWindow"] = Value::from(format!("{}s", 120 / TIME_SCALE));
     let targets = serde_yaml_ng::to_string(&targets).expect("targets yaml");
     let ca = Ca::new("closed-loop-adapter-ca").expect("ca");
     let (cert, key) = ca
@@ -423,6 +433,40 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     let status = l.cluster.kubectl(&["get", "--raw", HPA_PATH]).expect("hpa status");
     assert!(status.contains("\"currentMetrics\"") && status.contains("projection-worker-lag"), "{status}");
     eprintln!("timeline: {history:?}; {} events", expected.len());
+}
+
+/// hpa/profiles/step-once.yaml on its rate target, on the real 1.37 controller: from one
+/// worker at rest, a burst of 3,000 events/s (ceil(3,000 x 1.2 / 1,000) = 4, the partitions)
+/// is met with one move up, straight to 4, and once it has passed and drained, one move down,
+/// straight back to 1: what `lag-tuner simulate` predicts for the profile (one up, one down
+/// per burst). Every event in MongoDB exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_once_meets_a_burst_with_one_move_up_and_one_down() {
+    let mut l = start_loop("closed-loop-step-once", "earliest").await;
+    let hpa = to_yaml(&[test_hpa("hpa/profiles/step-once.yaml")]).expect("yaml");
+    l.cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&hpa)).expect("hpa");
+    // At rest: deploy/'s replicas come down to the profile's minimum first.
+    let mut rest = Vec::new();
+    l.follow(Instant::now(), &mut rest, Duration::from_secs(240), Duration::from_secs(6), |_, want| want == 1).await;
+
+    let producer = l.produce(3000);
+    let (since, mut history) = (Instant::now(), Vec::new());
+    l.follow(since, &mut history, Duration::from_secs(300), Duration::ZERO, |_, want| want >= PARTITIONS).await;
+    // The burst goes on for 20 s at 4 workers, then stops.
+    let at_peak = Instant::now();
+    let twenty = Duration::from_secs(20);
+    l.follow(since, &mut history, Duration::from_secs(60), Duration::ZERO, |_, _| at_peak.elapsed() >= twenty).await;
+    let ids = producer.finish().await;
+    l.follow(since, &mut history, Duration::from_secs(300), Duration::from_secs(12), |_, want| want == 1).await;
+
+    let replicas: Vec<i32> = history.iter().map(|h| h.1).collect();
+    assert_eq!(replicas, vec![1, PARTITIONS, 1], "one move up, one move down: {history:?}");
+    let db = l.pipeline.mongod.client().await.expect("client").database("pipeline");
+    let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
+    let stored = stored_ids(&db, expected.len() as u64).await;
+    assert_eq!(stored, expected, "every event in MongoDB exactly once");
+    l.check_reconfigurations().await;
+    eprintln!("at rest: {rest:?}; burst: {history:?}; {} events", expected.len());
 }
 
 /// hpa/profiles/scale-to-zero.yaml on the real 1.37 controller: with nothing waiting the
