@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release --locked -q -p lag-tuner --bin lag-tuner
 tuner=target/release/lag-tuner
 mkdir -p hpa/charts
-profiles=(--hpa hpa/hpa.yaml --hpa hpa/profiles/fast.yaml --hpa hpa/profiles/steady.yaml --hpa hpa/profiles/scale-to-zero.yaml --hpa hpa/profiles/step-once.yaml)
+profiles=(--hpa hpa/profiles/gradual.yaml --hpa hpa/profiles/fast.yaml --hpa hpa/profiles/steady.yaml --hpa hpa/profiles/scale-to-zero.yaml --hpa hpa/hpa.yaml)
 # activationLag 0, as deploy/adapter/configmap.yaml ships it.
 for trace in step sine spikes day batches; do
   echo "== $trace"
@@ -25,7 +25,7 @@ done
 # maxReplicas 4, the controller syncing every 2 s, the adapter polling every 2 s.
 scaled=$(mktemp -d)
 trap 'rm -rf "$scaled"' EXIT
-for f in hpa/hpa.yaml hpa/profiles/fast.yaml hpa/profiles/steady.yaml hpa/profiles/scale-to-zero.yaml; do
+for f in hpa/profiles/gradual.yaml hpa/profiles/fast.yaml hpa/profiles/steady.yaml hpa/profiles/scale-to-zero.yaml hpa/hpa.yaml; do
   python3 - "$f" "$scaled/$(basename "$f")" <<'PY'
 import re, sys
 src, dst = sys.argv[1:]
@@ -37,7 +37,9 @@ open(dst, "w").write(text)
 PY
 done
 echo "== closed-loop (hpa/traces/closed-loop.csv, test scale)"
-"$tuner" simulate --hpa "$scaled/hpa.yaml" --hpa "$scaled/fast.yaml" --hpa "$scaled/steady.yaml" \
-  --hpa "$scaled/scale-to-zero.yaml" --activation-lag 0 --lag-file hpa/traces/closed-loop.csv \
+# The step-once profile's rate target at the same scale: drainHorizon and rateWindow / 10.
+"$tuner" simulate --hpa "$scaled/gradual.yaml" --hpa "$scaled/fast.yaml" --hpa "$scaled/steady.yaml" \
+  --hpa "$scaled/scale-to-zero.yaml" --hpa "$scaled/hpa.yaml" --drain-horizon 2m --rate-window 12s \
+  --activation-lag 0 --lag-file hpa/traces/closed-loop.csv \
   --events-per-replica 1500 --partitions 4 --sync-period 2s --poll-interval 2s --start-delay 2s \
   --pause 1s --lag-slo 5000 --initial-replicas 2 --duration 3m --svg hpa/charts/closed-loop.svg "$@" | sed -n '1,/^$/p'

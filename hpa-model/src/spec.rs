@@ -218,8 +218,11 @@ mod tests {
     #[test]
     fn the_shipped_manifests_parse_and_bad_ones_say_why() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../hpa/");
-        let hpa = Spec::from_yaml("hpa.yaml", &std::fs::read_to_string(format!("{root}hpa.yaml")).expect("read"))
-            .expect("conservative");
+        let hpa = Spec::from_yaml(
+            "gradual.yaml",
+            &std::fs::read_to_string(format!("{root}profiles/gradual.yaml")).expect("read"),
+        )
+        .expect("gradual");
         assert_eq!(
             (hpa.min, hpa.max, hpa.target_milli, hpa.metric.as_str()),
             (2, 12, 50_000_000, "projection-worker-lag")
@@ -231,7 +234,16 @@ mod tests {
             let text = std::fs::read_to_string(format!("{root}profiles/{profile}.yaml")).expect("read");
             Spec::from_yaml(profile, &text).expect(profile);
         }
-        let base = std::fs::read_to_string(format!("{root}hpa.yaml")).expect("read");
+        // The default: step-once, on the rate target, tolerance 1 % both ways.
+        let default = Spec::from_yaml("hpa.yaml", &std::fs::read_to_string(format!("{root}hpa.yaml")).expect("read"))
+            .expect("step-once");
+        assert_eq!(
+            (default.name.as_str(), default.min, default.metric.as_str()),
+            ("step-once", 1, "projection-worker-demand")
+        );
+        let (up, down) = default.behavior.expect("behavior");
+        assert_eq!((up.window_ms, up.tolerance, down.window_ms, down.tolerance), (0, Some(0.01), 600_000, Some(0.01)));
+        let base = std::fs::read_to_string(format!("{root}profiles/gradual.yaml")).expect("read");
         for (from, to, says) in [
             ("type: External", "type: Resource", "no External metric"),
             ("averageValue: \"50000\"", "averageValue: \"ten\"", "averageValue"),

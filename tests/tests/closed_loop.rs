@@ -3,7 +3,7 @@
 //! stand-in keeps that many real projection-worker processes running; the workers drain the
 //! lag through recreate rebalances; the HPA scales back down after its stabilization window.
 //!
-//! Manifests come from deploy/ and hpa/ (the conservative profile), with
+//! Manifests come from deploy/ and hpa/ (the gradual and step-once profiles), with
 //! every window and period divided by TIME_SCALE. Needs the workspace's binaries
 //! (`cargo test --workspace` builds them).
 
@@ -22,7 +22,7 @@ use serde_yaml_ng::Value;
 
 /// Partitions per topic, and so the most workers the test lets the HPA run.
 const PARTITIONS: i32 = 4;
-/// The conservative profile's windows and periods are divided by this (300 s -> 30 s).
+/// The profiles' windows and periods are divided by this (300 s -> 30 s).
 const TIME_SCALE: i64 = 10;
 /// The lag target (HPA AverageValue = the adapter's lagPerReplica) for the test's 3,000
 /// events/s into debug-build workers; the shipped 10,000 suits production rates.
@@ -388,9 +388,9 @@ impl Loop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     let mut l = start_loop("closed-loop", "earliest").await;
-    // The conservative profile, then a stream the two workers cannot keep below 1000 lag per
+    // The gradual profile, then a stream the two workers cannot keep below 1000 lag per
     // replica.
-    let hpa = to_yaml(&[test_hpa("hpa/hpa.yaml")]).expect("yaml");
+    let hpa = to_yaml(&[test_hpa("hpa/profiles/gradual.yaml")]).expect("yaml");
     l.cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&hpa)).expect("hpa");
     // Produce until the HPA has scaled up: it must see the lag above target for its whole
     // (scaled) 30 s up-window, and the commit saw-tooth can dip below it now and then, so how
@@ -435,7 +435,7 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
     eprintln!("timeline: {history:?}; {} events", expected.len());
 }
 
-/// hpa/profiles/step-once.yaml on its rate target, on the real 1.37 controller: from one
+/// hpa/hpa.yaml (step-once) on its rate target, on the real 1.37 controller: from one
 /// worker at rest, a burst of 3,000 events/s (ceil(3,000 x 1.2 / 1,000) = 4, the partitions)
 /// is met with one move up, straight to 4, and once it has passed and drained, one move down,
 /// straight back to 1: what `lag-tuner simulate` predicts for the profile (one up, one down
@@ -443,7 +443,7 @@ async fn hpa_scales_workers_up_and_down_on_lag_through_the_aggregator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_once_meets_a_burst_with_one_move_up_and_one_down() {
     let mut l = start_loop("closed-loop-step-once", "earliest").await;
-    let hpa = to_yaml(&[test_hpa("hpa/profiles/step-once.yaml")]).expect("yaml");
+    let hpa = to_yaml(&[test_hpa("hpa/hpa.yaml")]).expect("yaml");
     l.cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&hpa)).expect("hpa");
     // At rest: deploy/'s replicas come down to the profile's minimum first.
     let mut rest = Vec::new();

@@ -553,7 +553,7 @@ mod tests {
         }
     }
 
-    const HPA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hpa/hpa.yaml");
+    const HPA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hpa/profiles/gradual.yaml");
     const FAST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hpa/profiles/fast.yaml");
 
     #[test]
@@ -572,25 +572,22 @@ mod tests {
         ])
         .expect("args");
         let text = simulate(&a).expect("simulate");
-        assert!(
-            text.contains("conservative: replicas over time") && text.contains("fast: replicas over time"),
-            "{text}"
-        );
-        let rows = ["conservative ", "fast ", "keda-default "];
+        assert!(text.contains("gradual: replicas over time") && text.contains("fast: replicas over time"), "{text}");
+        let rows = ["gradual ", "fast ", "keda-default "];
         assert_eq!(text.lines().filter(|l| rows.iter().any(|r| l.starts_with(r))).count(), 3, "{text}");
         let chart = std::fs::read_to_string(&svg).expect("svg");
         assert_eq!(chart.matches("<polyline").count(), 6, "two lines per row, KEDA's included");
         let mut a = a;
         a.json = true;
         let json: serde_json::Value = serde_json::from_str(&simulate(&a).expect("json")).expect("parse");
-        let (conservative, fast, keda) = (&json[0], &json[1], &json[2]);
-        assert!(conservative["scale_ups"].as_u64() >= Some(1), "{json}");
-        assert!(fast["peak_backlog"].as_f64() < conservative["peak_backlog"].as_f64(), "{json}");
+        let (gradual, fast, keda) = (&json[0], &json[1], &json[2]);
+        assert!(gradual["scale_ups"].as_u64() >= Some(1), "{json}");
+        assert!(fast["peak_backlog"].as_f64() < gradual["peak_backlog"].as_f64(), "{json}");
         assert_eq!(keda["profile"], "keda-default");
         // One burst (120k/s for 15 min): drained after it, and over the default SLO (10 x 50k).
-        let drains = conservative["burst_drain_seconds"].as_array().expect("bursts");
+        let drains = gradual["burst_drain_seconds"].as_array().expect("bursts");
         assert_eq!(drains.len(), 1, "{json}");
-        assert!(drains[0].as_f64() > Some(0.0) && conservative["over_slo_seconds"].as_f64() > Some(0.0), "{json}");
+        assert!(drains[0].as_f64() > Some(0.0) && gradual["over_slo_seconds"].as_f64() > Some(0.0), "{json}");
         a.no_keda = true;
         let json: serde_json::Value = serde_json::from_str(&simulate(&a).expect("json")).expect("parse");
         assert_eq!(json.as_array().map(Vec::len), Some(2));

@@ -194,7 +194,7 @@ async fn records_what_was_served_and_exports_it_for_simulate() {
         .expect("record");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read_to_string(&saved).expect("saved").lines().count() >= 4);
-    let hpa = concat!(env!("CARGO_MANIFEST_DIR"), "/../hpa/hpa.yaml");
+    let hpa = concat!(env!("CARGO_MANIFEST_DIR"), "/../hpa/profiles/gradual.yaml");
     let out = tokio::process::Command::new(tuner)
         .args(["simulate", "--hpa", hpa, "--duration", "2m", "--lag-file"])
         .arg(&saved)
@@ -202,7 +202,7 @@ async fn records_what_was_served_and_exports_it_for_simulate() {
         .await
         .expect("simulate");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("conservative"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gradual"));
     // Every answer to a query is kept: the exact samples an HPA read.
     let (status, _) = adapter.get("/apis/external.metrics.k8s.io/v1beta1/namespaces/default/orders-lag").await;
     assert_eq!(status, 200);
