@@ -14,7 +14,7 @@ use hpa_model::quantity::Quantity;
 use hpa_model::rate::{RateDecision, RateSizing, RateTarget};
 
 use crate::lag::{OffsetPolicy, Watermarks, partition_lag, start_offset};
-use crate::targets::{Target, TargetMetric};
+use crate::targets::{Target, TargetMetric, TargetMode};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -163,7 +163,7 @@ pub struct TargetLag {
 pub struct Histories {
     by_partition: HashMap<(String, i32), OffsetHistory>,
     capacity: usize,
-    rates: HashMap<String, (RateTarget, Option<RateDecision>)>,
+    rates: HashMap<String, RateTarget>,
 }
 
 impl Histories {
@@ -174,11 +174,11 @@ impl Histories {
     /// One cycle of a rate target: observed when every input is fresh (a stale log-end would
     /// read as a stop, then a burst); otherwise the last decision stands.
     fn rate(&mut self, target: &Target, sizing: &RateSizing, input: RateInput) -> Option<RateDecision> {
-        let (estimator, last) = self.rates.entry(target.name.clone()).or_default();
+        let estimator = self.rates.entry(target.name.clone()).or_default();
         if input.fresh {
-            *last = Some(estimator.update(input.now, input.log_end, input.backlog, sizing, input.cap));
+            estimator.update(input.now, input.log_end, input.backlog, sizing, input.cap);
         }
-        *last
+        estimator.last()
     }
 
     fn record(&mut self, collected: &Collected, now: f64) {
@@ -370,7 +370,7 @@ impl Snapshot {
         }
 
         // Rate targets removed from the file forget their estimate.
-        histories.rates.retain(|name, _| targets.iter().any(|t| &t.name == name && t.rate_sizing().is_some()));
+        histories.rates.retain(|name, _| targets.iter().any(|t| &t.name == name && t.mode == TargetMode::Rate));
         let mut target_lags = BTreeMap::new();
         for target in targets {
             let name = &target.consumer_group;

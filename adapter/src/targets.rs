@@ -162,7 +162,6 @@ impl Target {
             return None;
         }
         Some(RateSizing {
-            events_per_replica: self.events_per_replica.unwrap_or(0.0),
             headroom: self.headroom,
             drain_horizon_seconds: self.drain_horizon.as_secs_f64(),
             window_seconds: self.rate_window.as_secs_f64(),

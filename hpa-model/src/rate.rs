@@ -184,6 +184,7 @@ pub struct RateTarget {
     estimator: RateEstimator,
     served: Option<u64>,
     unsettled_polls: u32,
+    last: Option<RateDecision>,
 }
 
 impl RateTarget {
@@ -210,8 +211,8 @@ impl RateTarget {
             needed = needed.min(u64::from(p));
         }
         if estimate.is_none() {
-            // One sample: no rate yet, and nothing is kept.
-            return RateDecision {
+            // One sample: no rate yet; nothing is served from it.
+            let decision = RateDecision {
                 rate,
                 rate_over_seconds: over,
                 settled,
@@ -221,6 +222,8 @@ impl RateTarget {
                 replicas: needed,
                 held: Some(Held::WarmingUp),
             };
+            self.last = Some(decision);
+            return decision;
         }
         self.unsettled_polls = if settled { 0 } else { self.unsettled_polls + 1 };
         let steady = settled || self.unsettled_polls >= MAX_UNSETTLED_POLLS;
@@ -249,7 +252,14 @@ impl RateTarget {
         // The cap binds at once (the partitions may have been cut).
         let replicas = cap.filter(|p| *p > 0).map_or(replicas, |p| replicas.min(u64::from(p)));
         self.served = Some(replicas);
-        RateDecision { rate, rate_over_seconds: over, settled, backlog, demand, needed, replicas, held }
+        let decision = RateDecision { rate, rate_over_seconds: over, settled, backlog, demand, needed, replicas, held };
+        self.last = Some(decision);
+        decision
+    }
+
+    /// The last decision (`None` before the first poll).
+    pub fn last(&self) -> Option<RateDecision> {
+        self.last
     }
 }
 

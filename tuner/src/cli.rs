@@ -499,11 +499,10 @@ pub fn simulate(args: &SimulateArgs) -> Result<String, TunerError> {
         lag_slo,
     };
     let sizing = RateSizing {
-        events_per_replica: args.target_events_per_replica.unwrap_or(args.events_per_replica),
         headroom: args.headroom,
         drain_horizon_seconds: args.drain_horizon.as_secs_f64(),
         window_seconds: args.rate_window.as_secs_f64(),
-        ..RateSizing::new(args.events_per_replica)
+        ..RateSizing::new(args.target_events_per_replica.unwrap_or(args.events_per_replica))
     };
     let mut runs = Vec::new();
     for (spec, text) in specs.iter().zip(&texts) {

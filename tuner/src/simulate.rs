@@ -307,15 +307,6 @@ pub fn run(
             (_, None) => lag,
         }
     };
-    // What a rate target serves for `needed` replicas while the HPA runs `replicas`.
-    let serve_replicas = |needed: u64, replicas: i32| -> f64 {
-        let per = per_replica.max(1.0).round() as u64;
-        let total = needed.saturating_mul(per);
-        match settings.partitions {
-            Some(p) => target_value(total, per, p, u32::try_from(replicas).ok(), up_tolerance).value.as_f64(),
-            None => total as f64,
-        }
-    };
     let steps = (settings.duration_seconds / DT).ceil() as u64;
     let mut next_sample = 0.0;
     for i in 0..=steps {
@@ -382,7 +373,9 @@ pub fn run(
                     let decision = rate_target.update(t, produced, lag, &sizing, settings.partitions);
                     if decision.held != Some(Held::WarmingUp) {
                         let idle = decision.rate <= 0.0 && settings.activation_lag.is_some_and(|a| lag <= a);
-                        served = if idle { 0.0 } else { serve_replicas(decision.replicas, replicas) };
+                        // Replicas x the per-replica target, through the same cap as a lag.
+                        let total = decision.replicas as f64 * per_replica.max(1.0).round();
+                        served = if idle { 0.0 } else { serve(total, replicas) };
                     }
                 }
                 Serving::KedaDefault => {}

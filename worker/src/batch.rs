@@ -21,10 +21,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.documents.values().all(Vec::is_empty) && self.dead.is_empty()
-    }
-
     fn push_document(&mut self, topic: &str, partition: i32, offset: i64, document: RawDocumentBuf) {
         // Looked up by &str first: a batch holds two topics, and a String per event costs.
         match self.documents.get_mut(topic) {

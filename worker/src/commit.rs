@@ -97,7 +97,8 @@ impl CommitPolicy {
     }
 
     /// Batches launched and not yet folded into the committable offsets.
-    pub fn open_batches(&self) -> usize {
+    #[cfg(test)]
+    fn open_batches(&self) -> usize {
         let mut ids: Vec<BatchId> = self.open.values().flatten().map(|(id, _, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();

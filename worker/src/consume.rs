@@ -299,6 +299,18 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
+/// The consumer's intake as the loop last set it. Paused while MongoDB is away or behind:
+/// polling goes on (group membership, rebalances), nothing new is fetched, and the position
+/// stays after the last message taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intake {
+    /// A new assignment arrived: its state is set explicitly (librdkafka keeps an application
+    /// pause through a revoke and a later assignment).
+    Unknown,
+    Running,
+    Paused(HoldReason),
+}
+
 /// Longest a poll waits for a message: the loop must also launch, settle and commit batches.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -374,11 +386,7 @@ pub fn run(
     tracing::info!(%worker, group = %config.group, "consuming");
 
     let mut members_checked = Instant::now();
-    // Intake paused while MongoDB is away or behind: polling goes on (group membership,
-    // rebalances), nothing new is fetched, and the position stays after the last message taken.
-    // None: the assignment's state is not known (a new one arrived) and is set explicitly;
-    // Some(Some(reason)): paused for that reason.
-    let mut paused: Option<Option<HoldReason>> = None;
+    let mut intake = Intake::Unknown;
     while !health.stopping() {
         health.touch();
         // The lock is never held across a poll: rebalance callbacks run inside it and take it.
@@ -405,18 +413,19 @@ pub fn run(
             message = consumer.poll(Duration::ZERO);
         }
         if consumer.context().reassigned.swap(false, Ordering::Relaxed) {
-            paused = None;
+            intake = Intake::Unknown;
         }
         let mut stages = consumer.context().stages();
         stages.step(&consumer)?;
         let hold = stages.must_hold_intake(Instant::now());
         drop(stages);
-        if paused != Some(hold) {
+        let wanted = hold.map_or(Intake::Running, Intake::Paused);
+        if intake != wanted {
             let assignment = consumer.assignment()?;
             match hold {
                 Some(reason) => {
                     // Paused already (for the other reason): only the reason changes.
-                    if !matches!(paused, Some(Some(_))) {
+                    if !matches!(intake, Intake::Paused(_)) {
                         consumer.pause(&assignment)?;
                     }
                     telemetry.emit(IntakePaused { partitions: assignment.count(), reason });
@@ -424,12 +433,12 @@ pub fn run(
                 None => {
                     consumer.resume(&assignment)?;
                     // A new assignment's resume is bookkeeping, not the end of a pause.
-                    if paused.is_some() {
+                    if intake != Intake::Unknown {
                         telemetry.emit(IntakeResumed { partitions: assignment.count() });
                     }
                 }
             }
-            paused = Some(hold);
+            intake = wanted;
         }
         if consumer.context().members_stale.swap(false, Ordering::Relaxed)
             || members_checked.elapsed() > Duration::from_secs(10)

@@ -94,10 +94,6 @@ impl WritePipeline {
         self.slots.len() < self.capacity
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// MongoDB refused a batch that is not written yet.
     pub fn in_outage(&self) -> bool {
         self.outage.is_some()
