@@ -328,6 +328,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
 /// Runs `estimate`; returns what to print.
 pub fn estimate(args: &EstimateArgs) -> Result<String, TunerError> {
     use crate::estimate::{estimate as measure, parse};
+    if args.window.is_zero() || !args.min_lag.is_finite() {
+        return Err(TunerError::Invalid("--window must be above 0 and --min-lag a number".into()));
+    }
     let text = read(&args.record)?;
     let rows = parse(&text).map_err(|e| TunerError::Invalid(format!("{}: {e}", args.record.display())))?;
     let e = measure(&rows, args.window.as_secs_f64(), args.min_lag)

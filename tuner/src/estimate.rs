@@ -91,11 +91,12 @@ pub fn estimate(rows: &[Row], window_seconds: f64, min_lag: f64) -> Result<Estim
     let mut rates = Vec::new();
     let mut windows = 0;
     let mut start = 0;
-    while start < rows.len() {
-        let Some(end) = rows[start..].iter().position(|r| r.seconds - rows[start].seconds >= window_seconds) else {
+    while start + 1 < rows.len() {
+        // A window spans at least two points, however short it is asked to be.
+        let Some(end) = rows[start + 1..].iter().position(|r| r.seconds - rows[start].seconds >= window_seconds) else {
             break;
         };
-        let end = start + end;
+        let end = start + 1 + end;
         windows += 1;
         let window = &rows[start..=end];
         let members = window[0].members.filter(|m| *m > 0);
@@ -176,6 +177,13 @@ mod tests {
         assert!(e.windows_used < e.windows, "{e:?}");
         let idle = parse(&record(600, 100.0, |_| 3, 1000.0, 0.0)).expect("parse");
         assert!(matches!(estimate(&idle, 60.0, 1000.0), Err(EstimateError::NoSaturatedWindow { .. })));
+    }
+
+    #[test]
+    fn a_window_of_zero_still_spans_two_points() {
+        let rows = parse(&record(60, 5000.0, |_| 3, 1000.0, 10_000.0)).expect("parse");
+        let e = estimate(&rows, 0.0, 1000.0).expect("estimate");
+        assert_eq!((e.events_per_replica, e.windows), (1000.0, 12));
     }
 
     #[test]
