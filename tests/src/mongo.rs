@@ -120,15 +120,14 @@ impl Mongod {
         self.process.kill();
     }
 
-    /// SIGSTOP: mongod freezes with its connections open and answers nothing (a stalled disk,
-    /// a paused VM), which a client only notices by its own timeouts.
+    /// mongod freezes with its connections open ([`ServiceProcess::freeze`]).
     pub fn freeze(&self) -> Result<()> {
-        self.process.signal(nix::sys::signal::Signal::SIGSTOP)
+        self.process.freeze()
     }
 
-    /// SIGCONT: back from [`Mongod::freeze`].
+    /// Back from [`Mongod::freeze`].
     pub fn thaw(&self) -> Result<()> {
-        self.process.signal(nix::sys::signal::Signal::SIGCONT)
+        self.process.thaw()
     }
 
     /// Starts again with the same dbpath and port; waits for a writable primary.

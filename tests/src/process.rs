@@ -116,6 +116,17 @@ impl ServiceProcess {
         kill(Pid::from_raw(pid), signal).map_err(|source| Error::Signal { pid, source })
     }
 
+    /// SIGSTOP: the process stops with its sockets open and answers nothing (a stalled disk, a
+    /// paused VM, a long GC), which its peers only notice by their own timeouts.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(Signal::SIGSTOP)
+    }
+
+    /// SIGCONT: back from [`ServiceProcess::freeze`].
+    pub fn thaw(&self) -> Result<()> {
+        self.signal(Signal::SIGCONT)
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. Idempotent.
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else { return };

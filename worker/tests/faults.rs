@@ -521,9 +521,13 @@ async fn mongod_kill_9_mid_stream_loses_nothing() {
     assert_eq!(stored_ids(&db).await, expected, "exactly once despite the crash");
 }
 
-/// A worker is SIGKILLed in the middle of a rebalance (all members have revoked, the new
-/// generation is not formed yet). The coordinator evicts it after the session timeout and the
-/// survivors complete the generation between them.
+/// A worker is SIGKILLed in the middle of a rebalance (it has revoked, the new generation is
+/// not formed yet). The coordinator evicts it after the session timeout and the survivors
+/// complete the generation between them.
+///
+/// The rebalance is held open on purpose, so the kill lands inside it however busy the machine
+/// is: w1 is frozen (SIGSTOP) with a session timeout longer than the test needs, and the
+/// coordinator cannot form the new generation until w1 rejoins. w2 meanwhile sits revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_kill_9_during_a_rebalance_loses_nothing() {
     let run = RunDir::new("worker-kill-rebalance").expect("run dir");
@@ -532,21 +536,36 @@ async fn worker_kill_9_during_a_rebalance_loses_nothing() {
     let mongod = Mongod::start(&run).await.expect("mongod");
     let db = mongod.client().await.expect("client").database("pipeline");
     let session = ["--session-timeout", "6s"];
-    let w1 = start_worker(&run, "w1", &broker.bootstrap(), &mongod, &session);
+    let w1 = start_worker(
+        &run,
+        "w1",
+        &broker.bootstrap(),
+        &mongod,
+        &["--session-timeout", "60s", "--termination-grace", "90s"],
+    );
     let mut w2 = start_worker(&run, "w2", &broker.bootstrap(), &mongod, &session);
     wait_assigned(&[&w1, &w2], 6.0, Duration::from_secs(40)).await;
     let producing = produce_in_background(&run, &broker.bootstrap(), 15000, 1500);
     wait_written(&[&w1, &w2], 1500.0, Duration::from_secs(30)).await;
 
-    // A third worker joins: every member revokes everything (eager protocol). Kill w2 there.
+    // A third worker joins: every member must revoke everything and rejoin (eager protocol).
+    // w1 is frozen first, so the join phase waits for it and w2 stays revoked until it is killed.
+    w1.process.freeze().expect("SIGSTOP w1");
     let w3 = start_worker(&run, "w3", &broker.bootstrap(), &mongod, &session);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&get(w2.metrics, "/metrics").await.1, "assigned_partitions") != 0.0 {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let generation = loop {
+        let text = get(w2.metrics, "/metrics").await.1;
+        if metric(&text, "revocations_total") >= 1.0 && metric(&text, "assigned_partitions") == 0.0 {
+            break metric(&text, "generation");
+        }
         assert!(Instant::now() < deadline, "w2 revoked its partitions for the new generation");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     w2.process.kill();
     let killed = Instant::now();
+    w1.process.thaw().expect("SIGCONT w1");
+    // What was observed, not assumed: w2 died revoked, before any new generation reached it.
+    assert_eq!(generation, 1.0, "w2 was killed before the new generation formed");
 
     // The survivors end up with all 12 partitions between them, 6 each.
     wait_assigned(&[&w1, &w3], 6.0, Duration::from_secs(60)).await;
