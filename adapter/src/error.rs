@@ -110,4 +110,6 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("delegated authentication: {0}")]
     Auth(#[from] crate::authn::AuthError),
+    #[error("KEDA external scaler (gRPC) on {0}")]
+    Grpc(String),
 }

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod error;
 pub mod filters;
 pub mod history;
+pub mod keda;
 pub mod kafka_security;
 pub mod lag;
 pub mod metrics;

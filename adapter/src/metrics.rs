@@ -34,6 +34,15 @@ pub struct Metrics {
     pub auth_config_loads: IntCounterVec,
     pub auth_cache_entries: IntGaugeVec,
     pub auth_cache_evictions: IntCounterVec,
+    /// KEDA external scaler calls, by method and gRPC code.
+    pub grpc_requests: IntCounterVec,
+    pub grpc_duration: HistogramVec,
+    /// Open StreamIsActive / StreamMetricSpec streams.
+    pub keda_streams: IntGaugeVec,
+    /// Messages pushed on those streams.
+    pub keda_pushes: IntCounterVec,
+    /// Targets registered from KEDA trigger metadata (inline).
+    pub keda_inline_targets: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -168,6 +177,36 @@ impl Metrics {
             ),
             &["cache"],
         ));
+        let grpc_requests = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_grpc_requests_total",
+                "KEDA external scaler calls, by method and gRPC code (streams count when opened).",
+            ),
+            &["method", "code"],
+        ));
+        let grpc_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "lagscale_grpc_request_duration_seconds",
+                "KEDA external scaler call latency in the server, by method (streams: until opened).",
+            )
+            .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1]),
+            &["method"],
+        ));
+        let keda_streams = must(IntGaugeVec::new(
+            Opts::new("lagscale_keda_streams", "Open KEDA push streams, by method."),
+            &["method"],
+        ));
+        let keda_pushes = must(IntCounterVec::new(
+            Opts::new(
+                "lagscale_keda_pushes_total",
+                "Messages pushed to KEDA on streams (an activity or metric spec change), by method.",
+            ),
+            &["method"],
+        ));
+        let keda_inline_targets = must(IntGauge::new(
+            "lagscale_keda_inline_targets",
+            "Scaling targets registered from KEDA trigger metadata (unused ones expire after 15 minutes).",
+        ));
         for c in [
             Box::new(consumergroup_lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(consumergroup_lag_seconds.clone()),
@@ -190,6 +229,11 @@ impl Metrics {
             Box::new(auth_config_loads.clone()),
             Box::new(auth_cache_entries.clone()),
             Box::new(auth_cache_evictions.clone()),
+            Box::new(grpc_requests.clone()),
+            Box::new(grpc_duration.clone()),
+            Box::new(keda_streams.clone()),
+            Box::new(keda_pushes.clone()),
+            Box::new(keda_inline_targets.clone()),
         ] {
             must(registry.register(c));
         }
@@ -216,6 +260,11 @@ impl Metrics {
             auth_config_loads,
             auth_cache_entries,
             auth_cache_evictions,
+            grpc_requests,
+            grpc_duration,
+            keda_streams,
+            keda_pushes,
+            keda_inline_targets,
         }
     }
 

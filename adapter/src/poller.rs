@@ -2,6 +2,7 @@
 //! wait on Kafka. When a cycle fails, the last good snapshot stays published (degraded mode);
 //! the API decides from its age whether to still serve it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,14 +15,54 @@ use crate::metrics::Metrics;
 use crate::snapshot::{Histories, Snapshot};
 use crate::targets::{Target, TargetsFile};
 
+/// Inline targets (from KEDA trigger metadata) kept at most: each costs a collection of its
+/// group and topics every cycle.
+pub const MAX_INLINE_TARGETS: usize = 1024;
+/// An inline target nobody asked about for this long is dropped (its ScaledObject is gone).
+pub const INLINE_TARGET_IDLE: Duration = Duration::from_secs(15 * 60);
+
 /// What the API and the health checks read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     /// What was served, kept for `lag-tuner record`.
     pub recorder: Arc<crate::record::Recorder>,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
+    /// The targets file's targets, then the inline ones: what the poller collects.
     targets: RwLock<Arc<Vec<Arc<Target>>>>,
+    file_targets: RwLock<Arc<Vec<Arc<Target>>>>,
+    inline: Mutex<BTreeMap<String, InlineTarget>>,
     status: Mutex<PollStatus>,
+    /// Bumped on every published snapshot and every change of the targets: what streams wait on.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            recorder: Arc::default(),
+            snapshot: RwLock::default(),
+            targets: RwLock::default(),
+            file_targets: RwLock::default(),
+            inline: Mutex::default(),
+            status: Mutex::default(),
+            changes: watch::Sender::new(0),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InlineTarget {
+    target: Arc<Target>,
+    last_used: Instant,
+}
+
+/// Why an inline target was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InlineRefused {
+    #[error("{MAX_INLINE_TARGETS} inline targets are registered already (unused ones expire after 15 minutes)")]
+    Full,
+    #[error("the targets file defines a target named {0:?}")]
+    NameTaken(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -55,13 +96,76 @@ impl Shared {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Replaces the targets file's targets (the inline ones stay).
     pub fn set_targets(&self, targets: Vec<Target>) {
-        *self.targets.write().unwrap_or_else(|p| p.into_inner()) =
+        *self.file_targets.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(targets.into_iter().map(Arc::new).collect());
+        self.merge_targets();
+    }
+
+    /// Registers an inline target, or finds the one registered under its name (the name is a
+    /// digest of its settings), and marks it used.
+    pub fn inline_target(&self, target: Target) -> Result<Arc<Target>, InlineRefused> {
+        if self.file_targets.read().unwrap_or_else(|p| p.into_inner()).iter().any(|t| t.name == target.name) {
+            return Err(InlineRefused::NameTaken(target.name));
+        }
+        let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = inline.get_mut(&target.name) {
+            entry.last_used = Instant::now();
+            return Ok(Arc::clone(&entry.target));
+        }
+        if inline.len() >= MAX_INLINE_TARGETS {
+            return Err(InlineRefused::Full);
+        }
+        let target = Arc::new(target);
+        inline.insert(target.name.clone(), InlineTarget { target: Arc::clone(&target), last_used: Instant::now() });
+        drop(inline);
+        tracing::info!(target = %target.name, group = %target.consumer_group, topics = ?target.topics, "inline target registered");
+        self.merge_targets();
+        Ok(target)
+    }
+
+    /// Inline targets registered now.
+    pub fn inline_count(&self) -> usize {
+        self.inline.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Drops the inline targets unused for `idle`.
+    pub fn expire_inline(&self, idle: Duration) {
+        let mut inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        let before = inline.len();
+        inline.retain(|name, entry| {
+            let keep = entry.last_used.elapsed() < idle;
+            if !keep {
+                tracing::info!(target = %name, "inline target expired (unused)");
+            }
+            keep
+        });
+        let changed = inline.len() != before;
+        drop(inline);
+        if changed {
+            self.merge_targets();
+        }
+    }
+
+    fn merge_targets(&self) {
+        let file = self.file_targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let inline = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        let merged: Vec<Arc<Target>> =
+            file.iter().cloned().chain(inline.values().map(|e| Arc::clone(&e.target))).collect();
+        *self.targets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(merged);
+        drop(inline);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn publish(&self, snapshot: Snapshot) {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(snapshot));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Changes when a snapshot is published or the targets change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn record(&self, error: Option<String>) {
@@ -103,6 +207,8 @@ pub async fn run(
         if let Some(path) = &config.targets_file {
             reload_targets(&shared, path, &mut targets_mtime, &metrics);
         }
+        shared.expire_inline(INLINE_TARGET_IDLE);
+        metrics.keda_inline_targets.set(shared.inline_count() as i64);
         let targets = shared.targets();
 
         let started = Instant::now();

@@ -27,6 +27,51 @@ const MAX_REQUEST_HEAD: usize = 64 * 1024;
 pub struct Bound {
     pub api: std::net::SocketAddr,
     pub metrics: std::net::SocketAddr,
+    /// The KEDA external scaler, when served (`--keda-listen`).
+    pub keda: Option<std::net::SocketAddr>,
+}
+
+/// Binds the KEDA external scaler's port (TLS per the flags) and returns the server to run.
+fn keda_scaler(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    state: ApiState,
+    stop: &watch::Receiver<bool>,
+) -> Result<(std::net::SocketAddr, impl std::future::Future<Output = Result<(), ServeError>> + use<>), ServeError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let tls = match (&config.keda_tls_cert_file, &config.keda_tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let client_auth = match &config.keda_client_ca_file {
+                Some(ca) => crate::keda::listener::client_verifier(ca)?,
+                None => {
+                    tracing::warn!(listen = %bound, "KEDA scaler over TLS without --keda-client-ca-file: any client is served");
+                    None
+                }
+            };
+            let source = CertSource::Files { cert: cert.clone(), key: key.clone() };
+            let rustls = tls::rustls_config(&source, &client_auth)?;
+            tokio::spawn(tls::watch_files(
+                rustls.clone(),
+                cert.clone(),
+                key.clone(),
+                client_auth,
+                config.tls_reload_interval,
+                stop.clone(),
+            ));
+            Some(rustls)
+        }
+        _ => {
+            if !bound.ip().is_loopback() {
+                tracing::warn!(listen = %bound, "KEDA scaler WITHOUT TLS (--keda-allow-plaintext)");
+            }
+            None
+        }
+    };
+    let scaler = crate::keda::scaler::Scaler::new(state, stop.clone());
+    Ok((bound, crate::keda::listener::serve(scaler, listener, tls, stop.clone())))
 }
 
 /// Runs until `shutdown` resolves; `on_bound` learns the real addresses once listening.
@@ -123,8 +168,16 @@ pub async fn run(
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.metrics_listen.to_string(), source })?;
-    let bound = Bound { api: api_listener.local_addr()?, metrics: metrics_listener.local_addr()? };
-    tracing::info!(api = %bound.api, metrics = %bound.metrics, "lag-adapter listening");
+    let keda = match config.keda_listen {
+        Some(addr) => Some(keda_scaler(&config, addr, state.clone(), &stop_rx)?),
+        None => None,
+    };
+    let bound = Bound {
+        api: api_listener.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+        keda: keda.as_ref().map(|(addr, _)| *addr),
+    };
+    tracing::info!(api = %bound.api, metrics = %bound.metrics, keda = ?bound.keda, "lag-adapter listening");
 
     let handle = axum_server::Handle::new();
     let mut api_server = axum_server::from_tcp_rustls(api_listener, rustls)?
@@ -143,6 +196,13 @@ pub async fn run(
 
     let api_task = tokio::spawn(api_server);
     let metrics_task = tokio::spawn(async move { metrics_server.await });
+    let keda_task = keda.map(|(_, serve)| {
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "KEDA external scaler stopped");
+            }
+        })
+    });
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -151,6 +211,9 @@ pub async fn run(
         let _ = api_task.await;
         let _ = metrics_task.await;
         let _ = poller.await;
+        if let Some(keda) = keda_task {
+            let _ = keda.await;
+        }
     })
     .await;
     Ok(())

@@ -39,6 +39,9 @@ pub struct Status {
     pub message: String,
     /// For NotFound: the name of what was not found.
     pub name: Option<String>,
+    /// Unavailable only until the next collection (a target added since the last one, a rate
+    /// target's first poll): a stream waits for it instead of ending.
+    pub retry_soon: bool,
 }
 
 #[derive(Serialize)]
@@ -67,11 +70,11 @@ struct Details<'a> {
 
 impl Status {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { code: StatusCode::BAD_REQUEST, reason: "BadRequest", message: message.into(), name: None }
+        Self { code: StatusCode::BAD_REQUEST, reason: "BadRequest", message: message.into(), name: None, retry_soon: false }
     }
 
     pub fn not_found(name: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: StatusCode::NOT_FOUND, reason: "NotFound", message: message.into(), name: Some(name.into()) }
+        Self { code: StatusCode::NOT_FOUND, reason: "NotFound", message: message.into(), name: Some(name.into()), retry_soon: false }
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -80,11 +83,17 @@ impl Status {
             reason: "ServiceUnavailable",
             message: message.into(),
             name: None,
+            retry_soon: false,
         }
     }
 
+    /// Unavailable until the next collection (see [`Status::retry_soon`]).
+    pub fn pending(message: impl Into<String>) -> Self {
+        Self { retry_soon: true, ..Self::unavailable(message) }
+    }
+
     pub fn unauthorized() -> Self {
-        Self { code: StatusCode::UNAUTHORIZED, reason: "Unauthorized", message: "Unauthorized".into(), name: None }
+        Self { code: StatusCode::UNAUTHORIZED, reason: "Unauthorized", message: "Unauthorized".into(), name: None, retry_soon: false }
     }
 
     /// A 403 worded as the kube-apiserver words it: `User "u" cannot <what>`.
@@ -95,7 +104,7 @@ impl Status {
             message.push_str(": ");
             message.push_str(reason);
         }
-        Self { code: StatusCode::FORBIDDEN, reason: "Forbidden", message, name: None }
+        Self { code: StatusCode::FORBIDDEN, reason: "Forbidden", message, name: None, retry_soon: false }
     }
 
     pub fn method_not_allowed(method: &str) -> Self {
@@ -104,6 +113,7 @@ impl Status {
             reason: "MethodNotAllowed",
             message: format!("the server does not allow this method on the requested resource ({method})"),
             name: None,
+            retry_soon: false,
         }
     }
 

@@ -224,41 +224,59 @@ impl TargetsFile {
         let mut names = BTreeSet::new();
         for t in &self.targets {
             let at = format!("target {:?}", t.name);
-            if !is_valid_metric_name(&t.name) {
-                return Err(format!("{at}: name must be 1-253 characters of [A-Za-z0-9_.-]"));
-            }
-            if [LAG_METRIC, LAG_SECONDS_METRIC, SHARE_LAG_METRIC].contains(&t.name.as_str()) {
-                return Err(format!("{at}: name is reserved for the built-in metric"));
-            }
             if !names.insert(t.name.as_str()) {
                 return Err(format!("{at}: defined twice"));
             }
-            if t.consumer_group.is_empty() {
-                return Err(format!("{at}: consumerGroup is empty"));
+            t.check().map_err(|(_, message)| format!("{at}: {message}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Target {
+    /// This target's settings, checked: the key at fault and why.
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+        let t = self;
+        if !is_valid_metric_name(&t.name) {
+            return Err(("name", "name must be 1-253 characters of [A-Za-z0-9_.-]".into()));
+        }
+        if [LAG_METRIC, LAG_SECONDS_METRIC, SHARE_LAG_METRIC].contains(&t.name.as_str()) {
+            return Err(("name", "name is reserved for the built-in metric".into()));
+        }
+        if t.consumer_group.is_empty() {
+            return Err(("consumerGroup", "consumerGroup is empty".into()));
+        }
+        if t.topics.is_empty() || t.topics.iter().any(|topic| topic.is_empty() || topic.len() > 249) {
+            return Err(("topics", "topics must list 1-249 character topic names".into()));
+        }
+        if t.lag_per_replica == 0 {
+            return Err(("lagPerReplica", "lagPerReplica must be at least 1".into()));
+        }
+        if !(t.scale_up_tolerance.is_finite() && (0.0..=10.0).contains(&t.scale_up_tolerance)) {
+            return Err(("scaleUpTolerance", "scaleUpTolerance must be between 0 and 10 (0.1 is 10 %)".into()));
+        }
+        if let Some(sizing) = t.rate_sizing() {
+            if t.events_per_replica.is_none() {
+                return Err((
+                    "eventsPerReplica",
+                    "mode rate needs eventsPerReplica (events one replica processes per second; \
+                     `lag-tuner estimate` measures it)"
+                        .into(),
+                ));
             }
-            if t.topics.is_empty() || t.topics.iter().any(|topic| topic.is_empty() || topic.len() > 249) {
-                return Err(format!("{at}: topics must list 1-249 character topic names"));
+            if t.metric != TargetMetric::Lag {
+                return Err(("metric", "mode rate sizes on messages: metric must be lag".into()));
             }
-            if t.lag_per_replica == 0 {
-                return Err(format!("{at}: lagPerReplica must be at least 1"));
-            }
-            if !(t.scale_up_tolerance.is_finite() && (0.0..=10.0).contains(&t.scale_up_tolerance)) {
-                return Err(format!("{at}: scaleUpTolerance must be between 0 and 10 (0.1 is 10 %)"));
-            }
-            if let Some(sizing) = t.rate_sizing() {
-                if t.events_per_replica.is_none() {
-                    return Err(format!(
-                        "{at}: mode rate needs eventsPerReplica (events one replica processes per second; \
-                         `lag-tuner estimate` measures it)"
-                    ));
-                }
-                if t.metric != TargetMetric::Lag {
-                    return Err(format!("{at}: mode rate sizes on messages: metric must be lag"));
-                }
-                sizing.validate().map_err(|e| format!("{at}: {e}"))?;
-            } else if t.events_per_replica.is_some() {
-                return Err(format!("{at}: eventsPerReplica is for mode rate (set `mode: rate`)"));
-            }
+            sizing.validate().map_err(|e| {
+                // The sizing's messages start with the key they are about.
+                let key = ["eventsPerReplica", "headroom", "drainHorizon", "rateWindow", "hysteresis"]
+                    .into_iter()
+                    .find(|k| e.starts_with(k))
+                    .unwrap_or("mode");
+                (key, e)
+            })?;
+        } else if t.events_per_replica.is_some() {
+            return Err(("eventsPerReplica", "eventsPerReplica is for mode rate (set `mode: rate`)".into()));
         }
         Ok(())
     }
