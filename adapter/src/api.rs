@@ -222,10 +222,9 @@ pub fn servable_target(
     }
     let snapshot = fresh_snapshot(state)?;
     let now = SystemTime::now();
-    let lag = snapshot
-        .targets
-        .get(&target.name)
-        .ok_or_else(|| Status::pending(format!("target {metric:?} was added after the last collection; retry shortly")))?;
+    let lag = snapshot.targets.get(&target.name).ok_or_else(|| {
+        Status::pending(format!("target {metric:?} was added after the last collection; retry shortly"))
+    })?;
     if let Some(problem) = lag.freshness.problem(now, state.config.max_snapshot_age) {
         return Err(Status::unavailable(format!("lag data of target {metric:?} cannot be served: {problem}")));
     }

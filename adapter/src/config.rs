@@ -236,10 +236,16 @@ impl Config {
         }
         match self.keda_listen {
             Some(keda) => {
-                crate::keda::listener::check_plaintext(keda, self.keda_tls_cert_file.is_some(), self.keda_allow_plaintext)
-                    .or_else(fail)?;
+                crate::keda::listener::check_plaintext(
+                    keda,
+                    self.keda_tls_cert_file.is_some(),
+                    self.keda_allow_plaintext,
+                )
+                .or_else(fail)?;
                 if keda.port() != 0 && (keda == self.listen || keda == self.metrics_listen) {
-                    return fail(format!("--keda-listen {keda} is already the address of --listen or --metrics-listen"));
+                    return fail(format!(
+                        "--keda-listen {keda} is already the address of --listen or --metrics-listen"
+                    ));
                 }
             }
             None if self.keda_tls_cert_file.is_some() || self.keda_allow_plaintext => {
@@ -291,7 +297,9 @@ mod tests {
         let e = parse(&["--keda-listen", "0.0.0.0:9443"]).expect_err("plaintext on every interface");
         assert!(e.contains("--keda-tls-cert-file") && e.contains("--keda-allow-plaintext"), "{e}");
         assert!(parse(&["--keda-listen", "0.0.0.0:9443", "--keda-allow-plaintext"]).is_ok());
-        assert!(parse(&["--keda-listen", "0.0.0.0:9443", "--keda-tls-cert-file", "c", "--keda-tls-key-file", "k"]).is_ok());
+        assert!(
+            parse(&["--keda-listen", "0.0.0.0:9443", "--keda-tls-cert-file", "c", "--keda-tls-key-file", "k"]).is_ok()
+        );
         assert!(parse(&["--keda-listen", "0.0.0.0:9443", "--keda-client-ca-file", "ca"]).is_err(), "CA without a cert");
         assert!(parse(&["--keda-allow-plaintext"]).expect_err("no listener").contains("--keda-listen"));
         assert!(parse(&["--keda-listen", "0.0.0.0:9102"]).is_err(), "the metrics port");

@@ -70,11 +70,23 @@ struct Details<'a> {
 
 impl Status {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { code: StatusCode::BAD_REQUEST, reason: "BadRequest", message: message.into(), name: None, retry_soon: false }
+        Self {
+            code: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: message.into(),
+            name: None,
+            retry_soon: false,
+        }
     }
 
     pub fn not_found(name: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: StatusCode::NOT_FOUND, reason: "NotFound", message: message.into(), name: Some(name.into()), retry_soon: false }
+        Self {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: message.into(),
+            name: Some(name.into()),
+            retry_soon: false,
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -93,7 +105,13 @@ impl Status {
     }
 
     pub fn unauthorized() -> Self {
-        Self { code: StatusCode::UNAUTHORIZED, reason: "Unauthorized", message: "Unauthorized".into(), name: None, retry_soon: false }
+        Self {
+            code: StatusCode::UNAUTHORIZED,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+            name: None,
+            retry_soon: false,
+        }
     }
 
     /// A 403 worded as the kube-apiserver words it: `User "u" cannot <what>`.

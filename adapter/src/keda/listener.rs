@@ -65,7 +65,9 @@ pub async fn serve(
         .tcp_nodelay(true)
         .add_service(ExternalScalerServer::new(scaler));
     let served = match tls {
-        None => router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped).await,
+        None => {
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped).await
+        }
         Some(tls) => {
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {

@@ -136,7 +136,12 @@ impl Scaler {
     }
 
     /// Counts and times a unary call.
-    fn observed<T>(&self, method: &str, started: Instant, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+    fn observed<T>(
+        &self,
+        method: &str,
+        started: Instant,
+        result: Result<T, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
         let code = result.as_ref().err().map_or(Code::Ok, tonic::Status::code);
         let m = &self.state.metrics;
         m.grpc_duration.with_label_values(&[method]).observe(started.elapsed().as_secs_f64());
@@ -262,7 +267,10 @@ impl ExternalScaler for Scaler {
         self.observed("GetMetricSpec", started, result)
     }
 
-    async fn get_metrics(&self, request: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, tonic::Status> {
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, tonic::Status> {
         let started = Instant::now();
         let request = request.into_inner();
         let result = (|| {

@@ -205,7 +205,10 @@ mod tests {
         assert!(crate::targets::is_valid_metric_name(&t.name));
         assert_eq!(t.topics, ["gpu_metrics", "token_usage"]);
         assert_eq!((t.lag_per_replica, t.activation_lag), (5000, Some(10)));
-        assert_eq!((t.missing_group, t.mode, t.events_per_replica), (MissingGroup::Empty, TargetMode::Rate, Some(25000.0)));
+        assert_eq!(
+            (t.missing_group, t.mode, t.events_per_replica),
+            (MissingGroup::Empty, TargetMode::Rate, Some(25000.0))
+        );
         assert_eq!(t.drain_horizon, std::time::Duration::from_secs(600));
         assert_eq!(t.namespaces, ["pipeline"], "read from its own namespace only");
         // The name is a function of the ScaledObject and its settings, nothing else.

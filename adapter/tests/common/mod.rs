@@ -20,6 +20,8 @@ pub fn commit(broker: &impl KafkaEndpoint, group: &str, offsets: &[(&str, i32, i
 pub struct Adapter {
     pub api: std::net::SocketAddr,
     pub metrics: std::net::SocketAddr,
+    /// The KEDA external scaler's address, when started with `--keda-listen`.
+    pub keda: Option<std::net::SocketAddr>,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -71,7 +73,7 @@ impl Adapter {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
-        Self { api: bound.api, metrics: bound.metrics, client, stop: Some(stop_tx), task: Some(task) }
+        Self { api: bound.api, metrics: bound.metrics, keda: bound.keda, client, stop: Some(stop_tx), task: Some(task) }
     }
 
     /// GET on the API port: (status, body).
