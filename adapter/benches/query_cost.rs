@@ -4,7 +4,9 @@
 //!   throughput over TLS on loopback (wrk, keep-alive), versus answering the same query by
 //!   asking Kafka live (one collection per query, connections reused: the best live case);
 //! - one collection cycle at 200 groups x 1,000 partitions, with Kafka requests per cycle;
-//! - RSS of the adapter process at that scale.
+//! - RSS of the adapter process at that scale;
+//! - the KEDA external scaler beside the HTTP API: GetMetrics calls per second over mutual TLS
+//!   on loopback and its server-side latency (the adapter's gRPC histogram).
 //!
 //! - with BENCH_FILTERS=1, the cycle and the adapter's RSS with and without group and topic
 //!   filters, side by side (run at 200 groups x 1,000 partitions all-on-all: 200,000
@@ -216,6 +218,119 @@ async fn filters_side_by_side(broker: &Kafka, run: &RunDir, groups: usize) {
     );
 }
 
+/// The KEDA scaler under load: its certificates, its target, and the client's run.
+struct KedaBench {
+    port: u16,
+    ca_pem: String,
+    client: lagscale_tests::pki::Issued,
+    files: Vec<String>,
+}
+
+impl KedaBench {
+    fn prepare(run: &RunDir, group: &str, topic: &str) -> Self {
+        use lagscale_tests::pki::{Ca, Leaf};
+        let dir = run.sub("keda-pki").expect("dir");
+        let ca = Ca::new("bench-keda-ca").expect("CA");
+        let ca_file = ca.write_cert(&dir, "ca").expect("CA file");
+        let (cert, key) =
+            ca.issue(&Leaf::server("lag-adapter", &["localhost"])).expect("cert").write(&dir, "server").expect("write");
+        let client = ca.issue(&Leaf::client("keda-operator", &[])).expect("client cert");
+        let targets = dir.join("targets.yaml");
+        std::fs::write(
+            &targets,
+            format!("targets:\n- {{name: bench-target, consumerGroup: {group}, topics: [{topic}], lagPerReplica: 100}}\n"),
+        )
+        .expect("targets");
+        let port = free_port().expect("port");
+        let files = [&targets, &cert, &key, &ca_file].iter().map(|p| p.display().to_string()).collect();
+        Self { port, ca_pem: ca.cert_pem(), client, files }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        [
+            "--targets-file",
+            &self.files[0],
+            "--keda-listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--keda-tls-cert-file",
+            &self.files[1],
+            "--keda-tls-key-file",
+            &self.files[2],
+            "--keda-client-ca-file",
+            &self.files[3],
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// 32 GetMetrics calls in flight over 4 mutual-TLS connections for 10 s (KEDA's metrics
+    /// server holds one connection per scaler address; more connections stand for more
+    /// KEDA replicas and HPAs).
+    async fn run(&self) {
+        use lag_adapter::keda::proto::external_scaler_client::ExternalScalerClient;
+        use lag_adapter::keda::proto::{GetMetricsRequest, ScaledObjectRef};
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+        let request = GetMetricsRequest {
+            scaled_object_ref: Some(ScaledObjectRef {
+                name: "workers".into(),
+                namespace: "default".into(),
+                scaler_metadata: [("target".to_owned(), "bench-target".to_owned())].into_iter().collect(),
+            }),
+            metric_name: "bench-target".into(),
+        };
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&self.ca_pem))
+                .identity(Identity::from_pem(&self.client.cert_pem, &self.client.key_pem))
+                .domain_name("localhost");
+            let channel = Channel::from_shared(format!("https://localhost:{}", self.port))
+                .expect("uri")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .expect("connect");
+            clients.push(ExternalScalerClient::new(channel));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while clients[0].get_metrics(request.clone()).await.is_err() {
+            assert!(Instant::now() < deadline, "the scaler serves bench-target within 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let started = Instant::now();
+        let until = started + Duration::from_secs(10);
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let mut client = clients[i % clients.len()].clone();
+                let request = request.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    while Instant::now() < until {
+                        match client.get_metrics(request.clone()).await {
+                            Ok(_) => ok += 1,
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let (mut ok, mut failed) = (0, 0);
+        for t in tasks {
+            let (o, f) = t.await.expect("client task");
+            ok += o;
+            failed += f;
+        }
+        let rate = ok as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "grpc:     {rate:.0} GetMetrics calls/s over mutual TLS, 32 in flight on 4 connections (target >= 10,000: {}); {failed} failed",
+            verdict(rate >= 10_000.0 && failed == 0)
+        );
+    }
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets" } else { "MISSES" }
 }
@@ -287,11 +402,15 @@ async fn main() {
         return;
     }
 
-    // The adapter as its own process (release build), polling every 2 s.
-    let (adapter, api, metrics_port) = adapter_process(&broker, &run, "lag-adapter", &[], 1.0).await;
+    // The adapter as its own process (release build), polling every 2 s, with the KEDA scaler
+    // on mutual TLS and one scaling target for it.
+    let probe_group = format!("group-{:03}", 7.min(groups - 1));
+    let keda = KedaBench::prepare(&run, &probe_group, &topics[7.min(groups - 1) % topics_n]);
+    let keda_flags = keda.flags();
+    let flags: Vec<&str> = keda_flags.iter().map(String::as_str).collect();
+    let (adapter, api, metrics_port) = adapter_process(&broker, &run, "lag-adapter", &flags, 1.0).await;
     let pid = adapter.pid().expect("pid");
     let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("client");
-    let probe_group = format!("group-{:03}", 7.min(groups - 1));
     let query =
         format!("https://127.0.0.1:{api}{}", common::selecting(common::LAG, &format!("consumergroup={probe_group}")));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -347,6 +466,30 @@ async fn main() {
         mean * 1e6,
         p99 * 1e6,
         verdict(p99 <= 0.001)
+    );
+    keda.run().await;
+    let text = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let grpc = "lagscale_grpc_request_duration_seconds";
+    let series: Vec<&str> = text.lines().filter(|l| l.contains("method=\"GetMetrics\"")).collect();
+    let series = series.join("\n");
+    let count = metric_sum(&series, &format!("{grpc}_count"));
+    let grpc_mean = metric_sum(&series, &format!("{grpc}_sum")) / count.max(1.0);
+    let grpc_p99 = bucket_quantile(&series.replace("{method=", "{x=").replace(",method=", ",x="), grpc, 0.99)
+        .unwrap_or(f64::NAN);
+    println!(
+        "grpc srv: {count:.0} GetMetrics calls, mean {:.1} us, p99 <= {:.0} us (histogram bucket; target <= 1 ms: {}) beside HTTP's mean {:.1} us, p99 <= {:.0} us",
+        grpc_mean * 1e6,
+        grpc_p99 * 1e6,
+        verdict(grpc_p99 <= 0.001),
+        mean * 1e6,
+        p99 * 1e6,
     );
     let cycles = metric_sum(&text, "lagscale_poll_duration_seconds_count");
     let cycle_mean = metric_sum(&text, "lagscale_poll_duration_seconds_sum") / cycles.max(1.0);
