@@ -12,7 +12,7 @@ cargo build --release --locked -q -p lag-tuner --bin lag-tuner
 tuner=target/release/lag-tuner
 mkdir -p hpa/charts
 profiles=(--hpa hpa/profiles/gradual.yaml --hpa hpa/profiles/fast.yaml --hpa hpa/profiles/steady.yaml --hpa hpa/profiles/scale-to-zero.yaml --hpa hpa/hpa.yaml)
-# activationLag 0, as deploy/adapter/configmap.yaml ships it.
+# activationLag 0, as deploy/base/adapter/configmap.yaml ships it.
 for trace in step sine spikes day batches; do
   echo "== $trace"
   "$tuner" simulate "${profiles[@]}" --activation-lag 0 --trace "$trace" --svg "hpa/charts/$trace.svg" "$@" \

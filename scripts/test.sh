@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs all of lagscale's tests on real services: installs (cached, checksum-verified) Apache
-# Kafka, mongod, etcd, kube-apiserver/controller-manager/kubectl and kubernetes-validate first,
-# then `cargo test` over the whole workspace. Extra arguments go to `cargo test`.
-# On a fresh machine Kubernetes builds from Go modules (~12 min) while the workspace compiles.
+# Kafka, mongod, etcd, kube-apiserver/controller-manager/kubectl, KEDA's operator and metrics
+# server, and kubernetes-validate first, then `cargo test` over the whole workspace. Extra
+# arguments go to `cargo test`. On a fresh machine Kubernetes and then KEDA build from Go modules
+# (~12 + ~9 min) while the workspace compiles.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,13 +15,13 @@ done
 
 scripts/install-services.sh build kafka mongo validate
 mkdir -p target
-scripts/install-services.sh kube >target/install-kube.log 2>&1 &
+scripts/install-services.sh kube keda >target/install-kube.log 2>&1 &
 kube=$!
 if ! cargo test "${scope[@]}" --locked --no-run "$@"; then
   wait "$kube" || true
   exit 1
 fi
-wait "$kube" || { tail -n 40 target/install-kube.log >&2; echo "installing Kubernetes failed" >&2; exit 1; }
+wait "$kube" || { tail -n 40 target/install-kube.log >&2; echo "installing Kubernetes or KEDA failed" >&2; exit 1; }
 # shellcheck source=/dev/null
 . "${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}/env"
 export LAGSCALE_RUN_DIR=${LAGSCALE_RUN_DIR:-$PWD/target/lagscale-run}

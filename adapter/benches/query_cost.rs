@@ -238,7 +238,9 @@ impl KedaBench {
         let targets = dir.join("targets.yaml");
         std::fs::write(
             &targets,
-            format!("targets:\n- {{name: bench-target, consumerGroup: {group}, topics: [{topic}], lagPerReplica: 100}}\n"),
+            format!(
+                "targets:\n- {{name: bench-target, consumerGroup: {group}, topics: [{topic}], lagPerReplica: 100}}\n"
+            ),
         )
         .expect("targets");
         let port = free_port().expect("port");
@@ -481,8 +483,8 @@ async fn main() {
     let series = series.join("\n");
     let count = metric_sum(&series, &format!("{grpc}_count"));
     let grpc_mean = metric_sum(&series, &format!("{grpc}_sum")) / count.max(1.0);
-    let grpc_p99 = bucket_quantile(&series.replace("{method=", "{x=").replace(",method=", ",x="), grpc, 0.99)
-        .unwrap_or(f64::NAN);
+    let grpc_p99 =
+        bucket_quantile(&series.replace("{method=", "{x=").replace(",method=", ",x="), grpc, 0.99).unwrap_or(f64::NAN);
     println!(
         "grpc srv: {count:.0} GetMetrics calls, mean {:.1} us, p99 <= {:.0} us (histogram bucket; target <= 1 ms: {}) beside HTTP's mean {:.1} us, p99 <= {:.0} us",
         grpc_mean * 1e6,

@@ -112,7 +112,7 @@ async fn served_through_the_aggregator_to_kubectl_and_the_hpa() {
     cluster
         .kubectl_with_stdin(
             &["apply", "-f", "-"],
-            Some(include_str!("../../deploy/adapter/hpa-external-metrics-reader.yaml")),
+            Some(include_str!("../../deploy/base/adapter/hpa-external-metrics-reader.yaml")),
         )
         .expect("HPA reader RBAC");
     cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(WORKLOAD)).expect("workload and HPA");

@@ -38,7 +38,7 @@ pub fn deploy_copy(dest: &Path) -> Result<PathBuf> {
     // process another test thread is forking at that moment, and exec then fails with
     // ETXTBSY ("Text file busy", seen in CI).
     run(
-        Command::new("bash").arg(target.join("generate-secrets.sh")).env("SECRETS_DIR", target.join("secrets")),
+        Command::new("bash").arg(target.join("generate-secrets.sh")).env("SECRETS_DIR", target.join("base/secrets")),
         "deploy/generate-secrets.sh",
     )?;
     Ok(target)

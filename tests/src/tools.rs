@@ -79,3 +79,30 @@ pub fn kubernetes_validate() -> Result<PathBuf> {
         tools_dir().join("kubernetes-validate-1.37.0/bin/kubernetes-validate"),
     )
 }
+
+/// The KEDA release `scripts/install-services.sh` builds (operator, metrics server, CRDs).
+pub const KEDA_VERSION: &str = "2.21.0";
+
+fn keda_dir() -> PathBuf {
+    tools_dir().join(format!("keda-{KEDA_VERSION}"))
+}
+
+/// KEDA's operator (`keda`).
+pub fn keda_operator() -> Result<PathBuf> {
+    locate("KEDA's operator", "LAGSCALE_KEDA_OPERATOR", keda_dir().join("keda"))
+}
+
+/// KEDA's metrics server (`keda-adapter`).
+pub fn keda_metrics_server() -> Result<PathBuf> {
+    locate("KEDA's metrics server", "LAGSCALE_KEDA_METRICS_SERVER", keda_dir().join("keda-adapter"))
+}
+
+/// KEDA's CustomResourceDefinitions, from the same module (`keda.sh_scaledobjects.yaml`, ...).
+pub fn keda_crds() -> Result<PathBuf> {
+    let path = std::env::var_os("LAGSCALE_KEDA_CRDS").map(PathBuf::from).unwrap_or_else(|| keda_dir().join("crds"));
+    if path.join("keda.sh_scaledobjects.yaml").is_file() {
+        Ok(path)
+    } else {
+        Err(Error::ToolMissing { tool: "KEDA's CRDs", path, env: "LAGSCALE_KEDA_CRDS" })
+    }
+}

@@ -141,7 +141,7 @@ fn manifests_agree_with_each_other() {
     // the adapter's Service port.
     let api = find(&docs, "APIService", "v1beta1.external.metrics.k8s.io").expect("apiservice");
     let bundle: String = api["spec"]["caBundle"].as_str().expect("caBundle").split_whitespace().collect();
-    let ca = std::fs::read(deploy.join("secrets/adapter-ca.crt")).expect("ca");
+    let ca = std::fs::read(deploy.join("base/secrets/adapter-ca.crt")).expect("ca");
     assert_eq!(bundle, lagscale_tests::pki::base64(&ca));
     let service = find(&docs, "Service", "lag-adapter").expect("service");
     assert_eq!(api["spec"]["service"]["name"], "lag-adapter");
@@ -162,16 +162,23 @@ fn manifests_pass_strict_schema_validation_for_kubernetes_1_37() {
     let rendered = run.path().join("deploy.yaml");
     let text = kustomize(&deploy).expect("kustomize deploy/");
     std::fs::write(&rendered, &text).expect("write");
-    let mut files = vec![rendered];
+    // KEDA mode's own objects (its ScaledObject is KEDA's CRD: see the dry-run against it).
+    let keda_rendered = run.path().join("deploy-keda.yaml");
+    let keda_text = kustomize(&deploy.join("keda")).expect("kustomize deploy/keda/");
+    std::fs::write(&keda_rendered, &keda_text).expect("write");
+    let mut files = vec![rendered, keda_rendered];
     files.extend(hpa_profiles());
     files.extend(optional());
-    let expected = documents(&text).expect("yaml").len() + hpa_profiles().len() + optional().len();
+    let expected = documents(&text).expect("yaml").len()
+        + documents(&keda_text).expect("yaml").len()
+        + hpa_profiles().len()
+        + optional().len();
     let report = kubernetes_validate(VALIDATE_VERSION, &files).expect("every manifest is valid");
     assert_eq!(report.matches(" passed for resource ").count(), expected, "{report}");
 
     // The validator does reject what is wrong: a misspelt field in the worker's pod spec.
     let broken = run.path().join("broken.yaml");
-    let worker = std::fs::read_to_string(repo_root().join("deploy/worker/deployment.yaml")).expect("read");
+    let worker = std::fs::read_to_string(repo_root().join("deploy/base/worker/deployment.yaml")).expect("read");
     let misspelt = worker.replace("terminationGracePeriodSeconds:", "terminationGracePeriod:");
     assert_ne!(misspelt, worker);
     std::fs::write(&broken, misspelt).expect("write");
@@ -216,4 +223,156 @@ async fn manifests_pass_a_server_side_dry_run_on_the_real_apiserver() {
     cluster
         .kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&to_yaml(&[broken]).expect("yaml")))
         .expect_err("a selector that does not match the template is refused");
+}
+
+/// deploy/keda/ and hpa/keda/, the mode where KEDA owns the external metrics API: no APIService
+/// of ours, the adapter's gRPC port wired from env to container to Service to the ScaledObject's
+/// scalerAddress, mutual TLS from one CA, and the ScaledObject scaling like hpa/hpa.yaml on the
+/// same target.
+#[test]
+fn keda_mode_manifests_agree_with_each_other() {
+    let run = RunDir::new("manifests-keda").expect("run dir");
+    let deploy = deploy_copy(run.path()).expect("deploy copy with secrets");
+    let docs = documents(&kustomize(&deploy.join("keda")).expect("kustomize deploy/keda/")).expect("yaml");
+    let base = documents(&kustomize(&deploy).expect("kustomize deploy/")).expect("yaml");
+    assert!(docs.iter().all(|d| kind(d) != "APIService"), "KEDA keeps the APIService");
+    let objects = |docs: &[Value]| -> std::collections::BTreeSet<(String, String)> {
+        docs.iter().map(|d| (kind(d).to_owned(), name(d).to_owned())).collect()
+    };
+    let mut want = objects(&base);
+    want.remove(&("APIService".to_owned(), "v1beta1.external.metrics.k8s.io".to_owned()));
+    want.insert(("Secret".to_owned(), "lag-adapter-keda-client".to_owned()));
+    assert_eq!(objects(&docs), want, "deploy/'s objects but the APIService, plus KEDA's client Secret");
+
+    // Env -> container port -> Service port -> scalerAddress.
+    let adapter =
+        &find(&docs, "Deployment", "lag-adapter").expect("adapter")["spec"]["template"]["spec"]["containers"][0];
+    let listen = env_value(adapter, "LAGSCALE_KEDA_LISTEN").expect("LAGSCALE_KEDA_LISTEN");
+    let port: i64 = listen.rsplit(':').next().expect("port").parse().expect("number");
+    let grpc = adapter["ports"].as_sequence().expect("ports").iter().find(|p| p["name"] == "grpc").expect("grpc port");
+    assert_eq!(grpc["containerPort"].as_i64(), Some(port));
+    let service = find(&docs, "Service", "lag-adapter").expect("service");
+    let service_port = service["spec"]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .find(|p| p["targetPort"] == "grpc")
+        .expect("grpc service port")["port"]
+        .as_i64()
+        .expect("port");
+    // Mutual TLS: the serving certificate and the client CA come from the mounted serving Secret.
+    for var in ["LAGSCALE_KEDA_TLS_CERT_FILE", "LAGSCALE_KEDA_TLS_KEY_FILE", "LAGSCALE_KEDA_CLIENT_CA_FILE"] {
+        assert!(env_value(adapter, var).expect(var).starts_with("/etc/lagscale/tls/"), "{var}");
+    }
+    let keda_secret = find(&docs, "Secret", "lag-adapter-keda-client").expect("KEDA's client Secret");
+    let serving = find(&docs, "Secret", "lag-adapter-serving-cert").expect("serving Secret");
+    assert_eq!(keda_secret["data"]["ca.crt"], serving["data"]["ca.crt"], "KEDA trusts the CA of the serving cert");
+
+    let so_file = repo_root().join("hpa/keda/scaledobject.yaml");
+    let so = &documents(&std::fs::read_to_string(&so_file).expect("read")).expect("yaml")[0];
+    let auth_file = repo_root().join("hpa/keda/triggerauthentication.yaml");
+    let auth = &documents(&std::fs::read_to_string(&auth_file).expect("read")).expect("yaml")[0];
+    let trigger = &so["spec"]["triggers"][0];
+    let namespace = so["metadata"]["namespace"].as_str().expect("namespace");
+    assert_eq!(
+        trigger["metadata"]["scalerAddress"].as_str(),
+        Some(
+            format!("lag-adapter.{}.svc:{service_port}", service["metadata"]["namespace"].as_str().expect("ns"))
+                .as_str()
+        )
+    );
+    assert!(trigger["type"] == "external-push" || trigger["type"] == "external", "{trigger:?}");
+    assert_eq!(trigger["authenticationRef"]["name"], auth["metadata"]["name"]);
+    assert_eq!(
+        auth["metadata"]["namespace"], so["metadata"]["namespace"],
+        "KEDA reads it from the ScaledObject's namespace"
+    );
+    let params: Vec<&str> = auth["spec"]["secretTargetRef"]
+        .as_sequence()
+        .expect("refs")
+        .iter()
+        .filter_map(|r| r["parameter"].as_str())
+        .collect();
+    assert_eq!(params, ["caCert", "tlsClientCert", "tlsClientKey"]);
+    for r in auth["spec"]["secretTargetRef"].as_sequence().expect("refs") {
+        assert_eq!(r["name"], keda_secret["metadata"]["name"]);
+        let key = r["key"].as_str().expect("key");
+        assert!(keda_secret["data"][key].as_str().is_some_and(|v| !v.is_empty()), "{key} in the Secret");
+    }
+
+    // The target exists, is served to this namespace, and is what the profile annotation says.
+    let targets_cm = find(&docs, "ConfigMap", "lag-adapter-targets").expect("targets");
+    let targets: Value =
+        serde_yaml_ng::from_str(targets_cm["data"]["targets.yaml"].as_str().expect("targets.yaml")).expect("yaml");
+    let name = trigger["metadata"]["target"].as_str().expect("target");
+    let target = targets["targets"].as_sequence().expect("targets").iter().find(|t| t["name"] == name).expect("target");
+    assert!(target["namespaces"].as_sequence().expect("namespaces").iter().any(|n| n.as_str() == Some(namespace)));
+    let rate = so["metadata"]["annotations"]["lagscale.io/target-mode"].as_str() == Some("rate");
+    assert_eq!(rate, target["mode"] == "rate");
+
+    // Scaled like hpa/hpa.yaml: the same behaviour, bounds, workload and HPA name.
+    let hpa = &documents(&std::fs::read_to_string(repo_root().join("hpa/hpa.yaml")).expect("read")).expect("yaml")[0];
+    let advanced = &so["spec"]["advanced"]["horizontalPodAutoscalerConfig"];
+    assert_eq!(advanced["behavior"], hpa["spec"]["behavior"], "behaviour passed to KEDA's HPA");
+    assert_eq!(advanced["name"], hpa["metadata"]["name"]);
+    assert_eq!(so["spec"]["minReplicaCount"], hpa["spec"]["minReplicas"]);
+    assert_eq!(so["spec"]["maxReplicaCount"], hpa["spec"]["maxReplicas"]);
+    assert_eq!(so["spec"]["scaleTargetRef"], hpa["spec"]["scaleTargetRef"]);
+    assert_eq!(
+        so["metadata"]["annotations"]["lagscale.io/profile"],
+        hpa["metadata"]["annotations"]["lagscale.io/profile"]
+    );
+    let tolerance: f64 =
+        advanced["behavior"]["scaleUp"]["tolerance"].as_str().expect("tolerance").parse().expect("number");
+    assert_eq!(target["scaleUpTolerance"].as_f64(), Some(tolerance), "the cap's escape matches the HPA's band");
+}
+
+/// KEDA mode against KEDA's own CRD schemas (from the module the install script builds KEDA
+/// from) on the real 1.37 apiserver: the ScaledObject and TriggerAuthentication pass a strict
+/// server-side dry-run, with deploy/keda/ beside them, and a misspelt field is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keda_manifests_pass_a_server_side_dry_run_against_kedas_crds() {
+    let run = RunDir::new("manifests-keda-dry-run").expect("run dir");
+    let deploy = deploy_copy(run.path()).expect("deploy copy with secrets");
+    let docs = documents(&kustomize(&deploy.join("keda")).expect("kustomize deploy/keda/")).expect("yaml");
+    let keda = documents(&kustomize(&repo_root().join("hpa/keda")).expect("kustomize hpa/keda/")).expect("yaml");
+    let crds = lagscale_tests::tools::keda_crds().expect("KEDA's CRDs (scripts/install-services.sh keda)");
+    let cluster = ControlPlane::start(&run, ControlPlaneOptions::default()).await.expect("control plane");
+    for file in ["keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml"] {
+        let path = crds.join(file);
+        cluster.kubectl(&["apply", "--server-side", "-f", path.to_str().expect("utf8")]).expect("KEDA CRD");
+    }
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/scaledobjects.keda.sh",
+            "crd/triggerauthentications.keda.sh",
+        ])
+        .expect("CRDs established");
+    let namespace = docs.iter().find(|d| kind(d) == "Namespace").expect("namespace").clone();
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&[namespace]).expect("yaml"))).expect("namespace");
+    let all: Vec<Value> = docs.into_iter().chain(keda.iter().cloned()).collect();
+    let out = cluster
+        .kubectl_with_stdin(
+            &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
+            Some(&to_yaml(&all).expect("yaml")),
+        )
+        .expect("server-side dry-run of deploy/keda/ and hpa/keda/");
+    for doc in &all {
+        let line = format!("/{} ", name(doc));
+        assert!(out.lines().any(|l| l.contains(&line) && l.contains("(server dry run)")), "{line}: {out}");
+    }
+    assert!(out.contains("scaledobject.keda.sh/projection-worker"), "{out}");
+
+    // KEDA's schema is enforced: hpa/hpa.yaml's field name in a ScaledObject is refused.
+    let mut broken = find(&keda, "ScaledObject", "projection-worker").expect("ScaledObject").clone();
+    broken["spec"]["maxReplicas"] = Value::from(12);
+    let err = cluster
+        .kubectl_with_stdin(
+            &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
+            Some(&to_yaml(&[broken]).expect("yaml")),
+        )
+        .expect_err("an unknown field is refused");
+    assert!(err.to_string().contains("maxReplicas"), "{err}");
 }
