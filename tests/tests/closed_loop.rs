@@ -171,10 +171,37 @@ struct Loop {
     kubelet: Kubelet,
     deployments: kube::Api<Deployment>,
     bin_dir: std::path::PathBuf,
+    /// What `follow` prints as the value the HPA reads (through the aggregator).
+    metric_path: String,
+    /// KEDA mode: the adapter's gRPC port, KEDA's processes and the CA of the adapter's
+    /// certificates.
+    keda: Option<Keda>,
+}
+
+/// Who owns external.metrics.k8s.io in the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    /// deploy/: lagscale's APIService.
+    Lagscale,
+    /// deploy/keda/: KEDA's operator and metrics server own it; lagscale is KEDA's scaler.
+    Keda,
+}
+
+/// KEDA as its operator and metrics server processes, run against the control plane with the
+/// admin kubeconfig, and what hpa/keda/ needs from the adapter.
+struct Keda {
+    scaler_port: u16,
+    adapter_ca: Ca,
+    _operator: ServiceProcess,
+    _metrics_server: ServiceProcess,
 }
 
 /// `offset_policy`: the scaling target's uncommittedOffsetPolicy (deploy/ ships `earliest`).
 async fn start_loop(name: &str, offset_policy: &str) -> Loop {
+    start_loop_as(name, offset_policy, Registration::Lagscale).await
+}
+
+async fn start_loop_as(name: &str, offset_policy: &str, registration: Registration) -> Loop {
     let run = RunDir::new(name).expect("run dir");
     let deploy = deploy_copy(run.path()).expect("deploy copy");
     let docs = documents(&kustomize(&deploy).expect("kustomize")).expect("yaml");
@@ -211,6 +238,24 @@ async fn start_loop(name: &str, offset_policy: &str) -> Loop {
     )
     .await
     .expect("control plane");
+    // deploy/keda/: the adapter also serves KEDA's external scaler, with its serving
+    // certificate, to client certificates of the same CA (KEDA's, from hpa/keda/'s
+    // TriggerAuthentication).
+    let scaler_port = free_port().expect("port");
+    let ca_file = ca.write_cert(&run.sub("adapter-tls").expect("dir"), "ca").expect("ca file");
+    let keda_args: Vec<OsString> = match registration {
+        Registration::Lagscale => Vec::new(),
+        Registration::Keda => vec![
+            "--keda-listen".into(),
+            format!("127.0.0.1:{scaler_port}").into(),
+            "--keda-tls-cert-file".into(),
+            cert.clone().into_os_string(),
+            "--keda-tls-key-file".into(),
+            key.clone().into_os_string(),
+            "--keda-client-ca-file".into(),
+            ca_file.into_os_string(),
+        ],
+    };
     // The adapter reads the HPA's replicas from the cluster for its record (admin
     // kubeconfig; authentication stays off here: tests/security.rs covers it).
     let pipeline = Pipeline::start(
@@ -229,6 +274,7 @@ async fn start_loop(name: &str, offset_policy: &str) -> Loop {
                 .chain([cert.into_os_string(), "--tls-key-file".into(), key.into_os_string()])
                 .chain(["--kubeconfig".into(), cluster.kubeconfig().as_os_str().to_owned()])
                 .chain(["--record-replicas-interval".into(), "2s".into()])
+                .chain(keda_args)
                 .collect(),
             adapter_kubeconfig: None,
         },
@@ -250,17 +296,26 @@ async fn start_loop(name: &str, offset_policy: &str) -> Loop {
     ] {
         apply.push(find(&docs, kind, name).expect("manifest").clone());
     }
+    // The Secrets the worker's pods read: KEDA resolves the scale target's environment (for
+    // `...FromEnv` trigger metadata) and refuses to scale a workload whose Secrets are missing.
+    apply.extend(docs.iter().filter(|d| d["kind"] == "Secret" && d["metadata"]["namespace"] == "pipeline").cloned());
     apply.push(
         serde_yaml_ng::from_str(
             "{apiVersion: v1, kind: Service, metadata: {name: lag-adapter, namespace: pipeline}, spec: {type: ExternalName, externalName: localhost}}",
         )
         .expect("yaml"),
     );
-    let mut api_service = find(&docs, "APIService", "v1beta1.external.metrics.k8s.io").expect("apiservice").clone();
-    api_service["spec"]["caBundle"] = Value::from(base64(ca.cert_pem().as_bytes()));
-    api_service["spec"]["service"]["port"] = Value::from(adapter_port);
-    apply.push(api_service);
+    if registration == Registration::Lagscale {
+        let mut api_service = find(&docs, "APIService", "v1beta1.external.metrics.k8s.io").expect("apiservice").clone();
+        api_service["spec"]["caBundle"] = Value::from(base64(ca.cert_pem().as_bytes()));
+        api_service["spec"]["service"]["port"] = Value::from(adapter_port);
+        apply.push(api_service);
+    }
     cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&apply).expect("yaml"))).expect("apply deploy/");
+    let keda = match registration {
+        Registration::Lagscale => None,
+        Registration::Keda => Some(start_keda(&run, &cluster, scaler_port, ca).await),
+    };
 
     // The kubelet stand-in runs workers with the shipped ConfigMap, pointed at local services.
     let config = find(&docs, "ConfigMap", "worker-config").expect("worker config");
@@ -290,7 +345,154 @@ async fn start_loop(name: &str, offset_policy: &str) -> Loop {
     while kubelet.workers.len() < replicas(&deployments).await as usize {
         kubelet.start_one().await;
     }
-    Loop { run, cluster, pipeline, kubelet, deployments, bin_dir }
+    let metric_path = match registration {
+        Registration::Lagscale => METRIC_PATH.to_owned(),
+        Registration::Keda => KEDA_METRIC_PATH.to_owned(),
+    };
+    Loop { run, cluster, pipeline, kubelet, deployments, bin_dir, metric_path, keda }
+}
+
+/// The external metric KEDA's HPA reads: KEDA's name for trigger 0's metric, selected by the
+/// ScaledObject (what the HPA controller asks KEDA's metrics server).
+const KEDA_METRIC_PATH: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/pipeline/s0-projection-worker-demand?labelSelector=scaledobject.keda.sh%2Fname%3Dprojection-worker";
+
+/// KEDA 2.x as its own processes: CRDs applied, the operator (scaling loop, metrics service
+/// on gRPC) and the metrics server (KEDA's external metrics API server, registered as
+/// v1beta1.external.metrics.k8s.io through an ExternalName Service to loopback), with mutual TLS
+/// between them from a CA of their own, as KEDA's cert rotation would make.
+async fn start_keda(run: &RunDir, cluster: &ControlPlane, scaler_port: u16, adapter_ca: Ca) -> Keda {
+    let crds = lagscale_tests::tools::keda_crds().expect("KEDA's CRDs (scripts/install-services.sh keda)");
+    // Every CRD: the operator waits for a cache of each kind it watches and exits without one.
+    let mut files: Vec<_> = std::fs::read_dir(&crds).expect("CRD dir").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    for path in files.iter().filter(|p| p.extension().is_some_and(|x| x == "yaml")) {
+        cluster.kubectl(&["apply", "--server-side", "-f", path.to_str().expect("utf8")]).expect("KEDA CRD");
+    }
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/scaledobjects.keda.sh",
+            "crd/triggerauthentications.keda.sh",
+        ])
+        .expect("CRDs established");
+
+    // KEDA's internal mTLS (operator <-> metrics server): one certificate both serve and
+    // present, for localhost.
+    let certs = run.sub("keda-certs").expect("dir");
+    let keda_ca = Ca::new("KEDA").expect("KEDA CA");
+    keda_ca.write_cert(&certs, "ca").expect("ca.crt");
+    let issued = keda_ca
+        .issue(&Leaf {
+            client: true,
+            ..Leaf::server(
+                "keda",
+                &["localhost", "127.0.0.1", "keda-operator.keda.svc", "keda-metrics-apiserver.keda.svc"],
+            )
+        })
+        .expect("KEDA cert");
+    issued.write(&certs, "tls").expect("tls.crt");
+    let empty_ca_dir = run.sub("keda-custom-ca").expect("dir");
+    let kubeconfig = cluster.kubeconfig().as_os_str().to_owned();
+    let env: Vec<(OsString, OsString)> = vec![
+        ("KUBECONFIG".into(), kubeconfig.clone()),
+        ("WATCH_NAMESPACE".into(), "".into()),
+        ("KEDA_CLUSTER_OBJECT_NAMESPACE".into(), "keda".into()),
+        ("POD_NAMESPACE".into(), "keda".into()),
+        ("POD_NAME".into(), "keda-operator-local".into()),
+    ];
+    cluster.kubectl(&["create", "namespace", "keda"]).expect("namespace keda");
+    let grpc = free_port().expect("port");
+    let port = |p: u16| format!("127.0.0.1:{p}");
+    let operator = ServiceProcess::spawn_with_env(
+        "keda-operator",
+        &lagscale_tests::tools::keda_operator().expect("KEDA's operator (scripts/install-services.sh keda)"),
+        [
+            format!("--metrics-bind-address={}", port(free_port().expect("port"))),
+            format!("--health-probe-bind-address={}", port(free_port().expect("port"))),
+            format!("--metrics-service-bind-address={}", port(grpc)),
+            format!("--cert-dir={}", certs.display()),
+            format!("--ca-dir={}", empty_ca_dir.display()),
+            "--enable-cert-rotation=false".to_owned(),
+            "--zap-log-level=info".to_owned(),
+            "--zap-encoder=console".to_owned(),
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect(),
+        env.clone(),
+        &run.sub("keda-operator").expect("dir"),
+    )
+    .expect("KEDA operator");
+
+    // The metrics server, serving for keda-metrics-apiserver.keda.svc (the aggregator checks it
+    // against the APIService's caBundle) and delegating authn/authz to the cluster.
+    let serving_ca = Ca::new("keda-metrics-apiserver-ca").expect("CA");
+    let (serving_cert, serving_key) = serving_ca
+        .issue(&Leaf::server("keda-metrics-apiserver", &["keda-metrics-apiserver.keda.svc", "localhost", "127.0.0.1"]))
+        .expect("cert")
+        .write(&certs, "serving")
+        .expect("write");
+    let secure_port = free_port().expect("port");
+    let kubeconfig = cluster.kubeconfig().display().to_string();
+    let metrics_server = ServiceProcess::spawn_with_env(
+        "keda-metrics-apiserver",
+        &lagscale_tests::tools::keda_metrics_server()
+            .expect("KEDA's metrics server (scripts/install-services.sh keda)"),
+        [
+            format!("--secure-port={secure_port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--tls-cert-file={}", serving_cert.display()),
+            format!("--tls-private-key-file={}", serving_key.display()),
+            format!("--cert-dir={}", certs.display()),
+            format!("--metrics-service-address=localhost:{grpc}"),
+            format!("--port={}", free_port().expect("port")),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            format!("--lister-kubeconfig={kubeconfig}"),
+            "--zap-log-level=info".to_owned(),
+            "--zap-encoder=console".to_owned(),
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect(),
+        env,
+        &run.sub("keda-metrics-apiserver").expect("dir"),
+    )
+    .expect("KEDA metrics server");
+    let registration = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: keda-metrics-apiserver, namespace: keda}}
+spec: {{type: ExternalName, externalName: localhost}}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta1.external.metrics.k8s.io, labels: {{app.kubernetes.io/name: keda-metrics-apiserver}}}}
+spec:
+  group: external.metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  caBundle: {}
+  service: {{name: keda-metrics-apiserver, namespace: keda, port: {secure_port}}}
+"#,
+        base64(serving_ca.cert_pem().as_bytes())
+    );
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&registration)).expect("KEDA's APIService");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = cluster
+            .kubectl(&["get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json"])
+            .unwrap_or_default();
+        if status.contains("\"type\": \"Available\"") && status.contains("\"status\": \"True\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "KEDA's metrics server available through the aggregator: {status}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Keda { scaler_port, adapter_ca, _operator: operator, _metrics_server: metrics_server }
 }
 
 impl Loop {
@@ -332,7 +534,7 @@ impl Loop {
             // What the HPA reads, through the aggregator, every 5 s (for the timeline).
             if sampled.elapsed() >= Duration::from_secs(5) {
                 sampled = Instant::now();
-                let raw = self.cluster.kubectl(&["get", "--raw", METRIC_PATH]).unwrap_or_default();
+                let raw = self.cluster.kubectl(&["get", "--raw", &self.metric_path]).unwrap_or_default();
                 let lag = serde_json::from_str::<serde_json::Value>(&raw)
                     .ok()
                     .and_then(|v| v["items"][0]["value"].as_str().map(str::to_owned))
@@ -466,6 +668,97 @@ async fn step_once_meets_a_burst_with_one_move_up_and_one_down() {
     let stored = stored_ids(&db, expected.len() as u64).await;
     assert_eq!(stored, expected, "every event in MongoDB exactly once");
     l.check_reconfigurations().await;
+    eprintln!("at rest: {rest:?}; burst: {history:?}; {} events", expected.len());
+}
+
+/// deploy/keda/ + hpa/keda/ on the real 1.37 control plane: KEDA 2.21's operator and metrics
+/// server own external.metrics.k8s.io, and the ScaledObject scales the worker Deployment on
+/// lagscale's external scaler (gRPC, mutual TLS, `external-push`) with hpa/hpa.yaml's step-once
+/// behaviour: from one worker at rest, a burst is met with one move up and one move down, as
+/// with lagscale's own APIService. Every event in MongoDB exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keda_scales_the_workers_on_lagscales_external_scaler() {
+    let mut l = start_loop_as("closed-loop-keda", "earliest", Registration::Keda).await;
+    let keda = l.keda.as_ref().expect("KEDA mode");
+    // hpa/keda/ as shipped, pointed at the local adapter, times divided like the HPA's, and
+    // KEDA's client certificate from the adapter's CA in the Secret deploy/keda/ generates.
+    let client = keda.adapter_ca.issue(&Leaf::client("keda-operator", &[])).expect("client cert");
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "lag-adapter-keda-client", "namespace": "pipeline"},
+        "stringData": {"ca.crt": keda.adapter_ca.cert_pem(), "tls.crt": client.cert_pem, "tls.key": client.key_pem},
+    });
+    let mut manifests =
+        documents(&kustomize(&repo_root().join("hpa/keda")).expect("kustomize hpa/keda/")).expect("yaml");
+    let so = manifests.iter_mut().find(|d| d["kind"] == "ScaledObject").expect("ScaledObject");
+    so["spec"]["maxReplicaCount"] = Value::from(PARTITIONS);
+    so["spec"]["pollingInterval"] = Value::from(3);
+    so["spec"]["triggers"][0]["metadata"]["scalerAddress"] = Value::from(format!("localhost:{}", keda.scaler_port));
+    let behavior = &mut so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"];
+    for direction in ["scaleUp", "scaleDown"] {
+        let rules = &mut behavior[direction];
+        let window = rules["stabilizationWindowSeconds"].as_i64().expect("window");
+        rules["stabilizationWindowSeconds"] = Value::from(window / TIME_SCALE);
+        for policy in rules["policies"].as_sequence_mut().expect("policies") {
+            let period = policy["periodSeconds"].as_i64().expect("period");
+            policy["periodSeconds"] = Value::from((period / TIME_SCALE).max(1));
+        }
+    }
+    let mut apply = vec![serde_yaml_ng::to_value(&secret).expect("secret")];
+    apply.extend(manifests);
+    l.cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&apply).expect("yaml"))).expect("hpa/keda/");
+
+    // KEDA made the HPA from the ScaledObject, with the step-once behaviour and the target's
+    // lagPerReplica (from GetMetricSpec) as its AverageValue.
+    let hpas = HPA_PATH.replace("/projection-worker", "");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let hpa = loop {
+        let raw = l.cluster.kubectl(&["get", "--raw", &format!("{hpas}/projection-worker")]).unwrap_or_default();
+        if let Ok(hpa) = serde_json::from_str::<serde_json::Value>(&raw)
+            && hpa["spec"]["metrics"][0]["external"]["metric"]["name"].is_string()
+        {
+            break hpa;
+        }
+        assert!(Instant::now() < deadline, "KEDA created the HPA: {raw}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(hpa["spec"]["metrics"][0]["external"]["metric"]["name"], "s0-projection-worker-demand", "{hpa}");
+    let quantity = |v: &serde_json::Value| {
+        hpa_model::quantity::Quantity::parse(v.as_str().expect("a quantity")).expect("quantity").milli_value()
+    };
+    let average = quantity(&hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"]);
+    assert_eq!(average, i128::from(LAG_PER_REPLICA) * 1000, "the target's lagPerReplica: {hpa}");
+    assert_eq!(quantity(&hpa["spec"]["behavior"]["scaleUp"]["tolerance"]), 10, "0.01: {hpa}");
+    assert_eq!(hpa["spec"]["maxReplicas"], PARTITIONS, "{hpa}");
+
+    // At rest: down to the ScaledObject's minimum first.
+    let mut rest = Vec::new();
+    l.follow(Instant::now(), &mut rest, Duration::from_secs(240), Duration::from_secs(6), |_, want| want == 1).await;
+    let producer = l.produce(3000);
+    let (since, mut history) = (Instant::now(), Vec::new());
+    l.follow(since, &mut history, Duration::from_secs(300), Duration::ZERO, |_, want| want >= PARTITIONS).await;
+    let at_peak = Instant::now();
+    let twenty = Duration::from_secs(20);
+    l.follow(since, &mut history, Duration::from_secs(60), Duration::ZERO, |_, _| at_peak.elapsed() >= twenty).await;
+    let ids = producer.finish().await;
+    l.follow(since, &mut history, Duration::from_secs(300), Duration::from_secs(12), |_, want| want == 1).await;
+
+    let replicas: Vec<i32> = history.iter().map(|h| h.1).collect();
+    assert_eq!(replicas, vec![1, PARTITIONS, 1], "one move up, one move down: {history:?}");
+    let db = l.pipeline.mongod.client().await.expect("client").database("pipeline");
+    let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
+    let stored = stored_ids(&db, expected.len() as u64).await;
+    assert_eq!(stored, expected, "every event in MongoDB exactly once");
+    l.check_reconfigurations().await;
+
+    // The values came through lagscale's scaler: KEDA's metrics server asked, KEDA's operator
+    // called GetMetrics over mutual TLS, and its activity stream was open.
+    let metrics = scrape(l.pipeline.adapter_metrics);
+    assert!(metric(&metrics, "lagscale_grpc_requests_total{code=\"OK\",method=\"GetMetrics\"}") > 10.0, "{metrics}");
+    assert!(metric(&metrics, "lagscale_grpc_requests_total{code=\"OK\",method=\"GetMetricSpec\"}") >= 1.0);
+    assert!(metric(&metrics, "lagscale_keda_streams{method=\"StreamIsActive\"}") >= 1.0, "external-push stream open");
+    let status = l.cluster.kubectl(&["get", "--raw", HPA_PATH]).expect("hpa status");
+    assert!(status.contains("\"currentMetrics\"") && status.contains("s0-projection-worker-demand"), "{status}");
     eprintln!("at rest: {rest:?}; burst: {history:?}; {} events", expected.len());
 }
 
