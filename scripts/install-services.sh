@@ -10,6 +10,8 @@
 #   KEDA 2.21.0      operator and metrics server, built with the machine's Go from
 #                    github.com/kedacore/keda/v2 (wrapper module tests/keda; go.sum pins every
 #                    module); its CRDs come from the same module
+#   promtool 0.316.0 (github.com/prometheus/prometheus) and helm 4.3.2 (helm.sh/helm/v4), built
+#                    the same way (wrapper modules tests/prometheus, tests/helm)
 #   kubernetes-validate 1.37.0 (PyPI) schema validation of the manifests
 #   pkg-config + libssl-dev (Debian), when missing: librdkafka's TLS/SASL
 # Every download is verified by SHA-256 (Maven: the repository's checksums, strictly) and every
@@ -31,6 +33,8 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBE_VERSION=1.37.2
 ETCD_VERSION=3.6.17
 KEDA_VERSION=2.21.0
+PROMETHEUS_VERSION=0.316.0
+HELM_VERSION=4.3.2
 
 log() { printf '[install] %s\n' "$*" >&2; }
 die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
@@ -174,41 +178,68 @@ install_kube() {
   "$ETCD" --version | grep -q "etcd Version: $ETCD_VERSION" || die "etcd is not $ETCD_VERSION"
 }
 
-# KEDA's operator and metrics server (the `external` trigger's client, for the KEDA-scaler mode),
-# built as KEDA's Makefile does (static, version stamped), and its CRDs copied from the module.
+# Builds Go tools from the module proxy in their wrapper module tests/NAME (go.sum pins every
+# module; scripts/tool-modules.sh writes it), static and trimmed, each binary cached by digest.
 # Shares the Kubernetes build's lock, module cache and build cache.
-install_keda() {
-  command -v go >/dev/null || die "Go is needed to build KEDA $KEDA_VERSION (preinstalled on these machines)"
+#   go_tool NAME MODULE VERSION DIR LDFLAGS BIN=PACKAGE...
+go_tool() {
+  local name=$1 module=$2 version=$3 dir=$4 ldflags=$5
+  shift 5
+  command -v go >/dev/null || die "Go is needed to build $name $version (preinstalled on these machines)"
   exec 9>"$TOOLS/.kube-build.lock"
   flock 9
-  local dir=$TOOLS/keda-$KEDA_VERSION
-  KEDA_OPERATOR=$dir/keda KEDA_METRICS_SERVER=$dir/keda-adapter KEDA_CRDS=$dir/crds
   local GOMODCACHE=$TOOLS/go/mod GOCACHE=$TOOLS/go/cache GOFLAGS=-mod=readonly CGO_ENABLED=0
   export GOMODCACHE GOCACHE GOFLAGS CGO_ENABLED
-  grep -q "github.com/kedacore/keda/v2 v$KEDA_VERSION\$" "$root/tests/keda/go.mod" \
-    || die "tests/keda is not KEDA $KEDA_VERSION (run scripts/keda-modules.sh $KEDA_VERSION)"
-  local stamp="-s -w -X=github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION"
-  local started=$SECONDS
+  grep -q "^require $module v$version\$" "$root/tests/$name/go.mod" \
+    || die "tests/$name is not $module $version (run scripts/tool-modules.sh $name $version)"
   mkdir -p "$dir"
-  for pair in keda:operator keda-adapter:adapter; do
-    local bin=${pair%%:*} cmd=${pair#*:}
+  local started=$SECONDS pair bin package
+  for pair in "$@"; do
+    bin=${pair%%=*} package=${pair#*=}
     cached_ok "$dir/$bin" && continue
-    log "building KEDA $KEDA_VERSION $cmd from Go modules (first time, both: ~7 min on 2 cores)"
-    (cd "$root/tests/keda" && go build -trimpath -ldflags "$stamp" -o "$dir/$bin.part" \
-       "github.com/kedacore/keda/v2/cmd/$cmd") >"$dir/build-$cmd.log" 2>&1 \
-      || { tail -n 30 "$dir/build-$cmd.log" >&2; die "KEDA $cmd build failed (log: $dir/build-$cmd.log)"; }
+    log "building $bin ($name $version) from Go modules (first time only)"
+    (cd "$root/tests/$name" && go build -trimpath -ldflags "-s -w $ldflags" -o "$dir/$bin.part" "$module/$package") \
+      >"$dir/build-$bin.log" 2>&1 \
+      || { tail -n 30 "$dir/build-$bin.log" >&2; die "$bin build failed (log: $dir/build-$bin.log)"; }
     mv "$dir/$bin.part" "$dir/$bin"
     record_digest "$dir/$bin"
-    log "KEDA $cmd built in $((SECONDS - started)) s"
+    log "$bin built in $((SECONDS - started)) s"
   done
+}
+
+# KEDA's operator and metrics server (the `external` trigger's client, for the KEDA-scaler
+# mode), stamped as KEDA's Makefile does, and its CRDs copied from the same module.
+install_keda() {
+  local dir=$TOOLS/keda-$KEDA_VERSION module=github.com/kedacore/keda/v2
+  KEDA_OPERATOR=$dir/keda KEDA_METRICS_SERVER=$dir/keda-adapter KEDA_CRDS=$dir/crds
+  go_tool keda "$module" "$KEDA_VERSION" "$dir" "-X=$module/version.Version=$KEDA_VERSION" \
+    keda=cmd/operator keda-adapter=cmd/adapter
   if [ ! -f "$KEDA_CRDS/keda.sh_scaledobjects.yaml" ]; then
     local src
-    src=$(cd "$root/tests/keda" && go list -m -f '{{.Dir}}' github.com/kedacore/keda/v2)
+    src=$(cd "$root/tests/keda" && go list -m -f '{{.Dir}}' "$module")
     mkdir -p "$KEDA_CRDS.part"
     cp "$src"/config/crd/bases/*.yaml "$KEDA_CRDS.part/"
     chmod -R u+w "$KEDA_CRDS.part"
     mv "$KEDA_CRDS.part" "$KEDA_CRDS"
   fi
+}
+
+# promtool, for the alert rules' unit tests (`promtool test rules`) and the dashboard's queries.
+install_promtool() {
+  local dir=$TOOLS/prometheus-$PROMETHEUS_VERSION
+  PROMTOOL=$dir/promtool
+  go_tool prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" "$dir" \
+    "-X=github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" promtool=cmd/promtool
+  "$PROMTOOL" --version >/dev/null || die "promtool does not run"
+}
+
+# helm, for the chart's lint and rendering tests.
+install_helm() {
+  local dir=$TOOLS/helm-$HELM_VERSION
+  HELM=$dir/helm
+  go_tool helm helm.sh/helm/v4 "$HELM_VERSION" "$dir" "-X=helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" \
+    helm=cmd/helm
+  "$HELM" version >/dev/null || die "helm does not run"
 }
 
 # What the workspace's own build links: librdkafka is compiled with TLS/SASL against the
@@ -237,14 +268,16 @@ install_validate() {
 want=${*:-all}
 for part in $want; do
   case $part in
-    all) install_build_deps; install_kafka; install_mongod; install_kube; install_keda; install_validate ;;
+    all) install_build_deps; install_kafka; install_mongod; install_kube; install_keda; install_promtool; install_helm; install_validate ;;
     kafka) install_kafka ;;
     mongo) install_mongod ;;
     kube) install_kube ;;
     keda) install_keda ;;
+    promtool) install_promtool ;;
+    helm) install_helm ;;
     validate) install_validate ;;
     build) install_build_deps ;;
-    *) die "unknown part '$part' (all, build, kafka, mongo, kube, keda, validate)" ;;
+    *) die "unknown part '$part' (all, build, kafka, mongo, kube, keda, promtool, helm, validate)" ;;
   esac
 done
 
@@ -263,6 +296,8 @@ done
   [ -n "${KEDA_OPERATOR:-}" ] && echo "export LAGSCALE_KEDA_OPERATOR=$KEDA_OPERATOR"
   [ -n "${KEDA_METRICS_SERVER:-}" ] && echo "export LAGSCALE_KEDA_METRICS_SERVER=$KEDA_METRICS_SERVER"
   [ -n "${KEDA_CRDS:-}" ] && echo "export LAGSCALE_KEDA_CRDS=$KEDA_CRDS"
+  [ -n "${PROMTOOL:-}" ] && echo "export LAGSCALE_PROMTOOL=$PROMTOOL"
+  [ -n "${HELM:-}" ] && echo "export LAGSCALE_HELM=$HELM"
   [ -n "${KUBERNETES_VALIDATE:-}" ] && echo "export LAGSCALE_KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE"
   true
 } > "$TOOLS/env.part.$$"

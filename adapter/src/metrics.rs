@@ -8,12 +8,27 @@ use prometheus::{
 
 use crate::snapshot::Snapshot;
 
+/// One exported family: what dashboards and alert rules may name (the monitoring tests check
+/// them against this, with or without samples).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub name: String,
+    pub kind: prometheus::proto::MetricType,
+    pub labels: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    families: std::sync::Arc<Vec<Family>>,
     pub consumergroup_lag: IntGaugeVec,
     pub consumergroup_lag_seconds: GaugeVec,
     pub target_value: GaugeVec,
+    /// Messages behind over a target's topics, before the partition cap (the served value's
+    /// input: the two differ where the cap applies).
+    pub target_lag: IntGaugeVec,
+    /// Members of a target's consumer group, when Kafka describes them.
+    pub target_members: IntGaugeVec,
     pub poll_duration: Histogram,
     pub poll_errors: IntCounterVec,
     pub kafka_requests: IntCounterVec,
@@ -69,6 +84,20 @@ impl Metrics {
         ));
         let target_value = must(GaugeVec::new(
             Opts::new("lagscale_target_value", "Value served for each scaling target (after the partition cap)."),
+            &["target"],
+        ));
+        let target_lag = must(IntGaugeVec::new(
+            Opts::new(
+                "lagscale_target_lag",
+                "Messages behind over each scaling target's topics, before the partition cap.",
+            ),
+            &["target"],
+        ));
+        let target_members = must(IntGaugeVec::new(
+            Opts::new(
+                "lagscale_target_members",
+                "Members of each scaling target's consumer group (absent while Kafka does not describe them).",
+            ),
             &["target"],
         ));
         let poll_duration = must(Histogram::with_opts(
@@ -207,10 +236,13 @@ impl Metrics {
             "lagscale_keda_inline_targets",
             "Scaling targets registered from KEDA trigger metadata (unused ones expire after 15 minutes).",
         ));
+        let mut families = Vec::new();
         for c in [
             Box::new(consumergroup_lag.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(consumergroup_lag_seconds.clone()),
             Box::new(target_value.clone()),
+            Box::new(target_lag.clone()),
+            Box::new(target_members.clone()),
             Box::new(poll_duration.clone()),
             Box::new(poll_errors.clone()),
             Box::new(kafka_requests.clone()),
@@ -235,13 +267,20 @@ impl Metrics {
             Box::new(keda_pushes.clone()),
             Box::new(keda_inline_targets.clone()),
         ] {
+            for (family, desc) in c.collect().iter().zip(c.desc()) {
+                let labels = desc.variable_labels.clone();
+                families.push(Family { name: desc.fq_name.clone(), kind: family.get_field_type(), labels });
+            }
             must(registry.register(c));
         }
         Self {
             registry,
+            families: std::sync::Arc::new(families),
             consumergroup_lag,
             consumergroup_lag_seconds,
             target_value,
+            target_lag,
+            target_members,
             poll_duration,
             poll_errors,
             kafka_requests,
@@ -268,6 +307,11 @@ impl Metrics {
         }
     }
 
+    /// Every family this registry exports.
+    pub fn families(&self) -> &[Family] {
+        &self.families
+    }
+
     /// Replaces the per-group series with the snapshot's, so vanished groups disappear.
     /// The series of one delegated-auth cache.
     pub fn auth_cache(&self, cache: &str) -> crate::cache::CacheMetrics {
@@ -281,6 +325,8 @@ impl Metrics {
         self.consumergroup_lag.reset();
         self.consumergroup_lag_seconds.reset();
         self.target_value.reset();
+        self.target_lag.reset();
+        self.target_members.reset();
         for (group, g) in &snapshot.groups {
             for (topic, t) in &g.topics {
                 self.consumergroup_lag.with_label_values(&[group, topic]).set(i64::try_from(t.lag).unwrap_or(i64::MAX));
@@ -293,6 +339,10 @@ impl Metrics {
         self.target_replicas.reset();
         for (name, t) in &snapshot.targets {
             self.target_value.with_label_values(&[name]).set(t.value.value.as_f64());
+            self.target_lag.with_label_values(&[name]).set(i64::try_from(t.total_lag).unwrap_or(i64::MAX));
+            if let Some(members) = t.members {
+                self.target_members.with_label_values(&[name]).set(i64::from(members));
+            }
             let as_of = t.freshness.as_of.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             self.target_data_timestamp.with_label_values(&[name]).set(if t.freshness.complete { as_of } else { 0.0 });
             self.target_stale_inputs.with_label_values(&[name]).set(t.freshness.stale_inputs as i64);

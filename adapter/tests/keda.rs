@@ -144,6 +144,12 @@ async fn every_call_answers_what_the_http_api_serves_and_pushes_changes() {
     assert_eq!(capped.expect("value"), 120.0);
     let inline_http = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/{name}");
     assert_eq!(common::total(&adapter.json(&inline_http).await.1), 120);
+    // The adapter's own series show the cap: 150 behind, 120 served; the group has no member.
+    let m = adapter.metrics_text().await;
+    assert_eq!(series(&m, &format!("lagscale_target_lag{{target=\"{name}\"}}")), 150.0, "{m}");
+    assert_eq!(series(&m, &format!("lagscale_target_value{{target=\"{name}\"}}")), 120.0);
+    assert_eq!(series(&m, "lagscale_target_value{target=\"billing-lag\"}"), 150.0);
+    assert!(m.contains("lagscale_target_members{target=\"billing-lag\"} 0"), "{m}");
     let other_ns = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/default/{name}");
     assert_eq!(adapter.get(&other_ns).await.0, 404, "an inline target is its namespace's");
 

@@ -106,3 +106,13 @@ pub fn keda_crds() -> Result<PathBuf> {
         Err(Error::ToolMissing { tool: "KEDA's CRDs", path, env: "LAGSCALE_KEDA_CRDS" })
     }
 }
+
+/// promtool, built by `scripts/install-services.sh promtool`.
+pub fn promtool() -> Result<PathBuf> {
+    locate("promtool", "LAGSCALE_PROMTOOL", tools_dir().join("prometheus-0.316.0/promtool"))
+}
+
+/// helm, built by `scripts/install-services.sh helm`.
+pub fn helm() -> Result<PathBuf> {
+    locate("helm", "LAGSCALE_HELM", tools_dir().join("helm-4.3.2/helm"))
+}

@@ -4,9 +4,19 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// One exported family (for the monitoring tests: dashboards and alert rules are checked
+/// against what the worker exports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub name: String,
+    pub kind: prometheus::proto::MetricType,
+    pub labels: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    families: Vec<Family>,
     /// Members of the consumer group (from the group coordinator).
     pub active_workers: IntGauge,
     pub assigned_partitions: IntGauge,
@@ -40,7 +50,7 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let m = Self {
+        let mut m = Self {
             active_workers: must(IntGauge::new("active_workers", "Members of the worker's consumer group.")),
             assigned_partitions: must(IntGauge::new("assigned_partitions", "Partitions assigned to this worker.")),
             generation: must(IntGauge::new("generation", "Assignments this worker has received (its generation).")),
@@ -105,6 +115,7 @@ impl Metrics {
                 "Errors the Kafka consumer reported (librdkafka reconnects by itself).",
             )),
             registry,
+            families: Vec::new(),
         };
         for c in [
             Box::new(m.active_workers.clone()) as Box<dyn prometheus::core::Collector>,
@@ -123,9 +134,20 @@ impl Metrics {
             Box::new(m.mongodb_outage_duration.clone()),
             Box::new(m.consumer_errors.clone()),
         ] {
+            let kinds = c.collect().into_iter().map(|f| f.get_field_type());
+            m.families.extend(c.desc().into_iter().zip(kinds).map(|(d, kind)| Family {
+                name: d.fq_name.clone(),
+                kind,
+                labels: d.variable_labels.clone(),
+            }));
             must(m.registry.register(c));
         }
         m
+    }
+
+    /// Every family this worker exports.
+    pub fn families(&self) -> &[Family] {
+        &self.families
     }
 
     pub fn render(&self) -> String {
