@@ -15,7 +15,7 @@ done
 
 scripts/install-services.sh build kafka mongo validate
 mkdir -p target
-scripts/install-services.sh kube keda promtool >target/install-kube.log 2>&1 &
+scripts/install-services.sh kube keda promtool helm >target/install-kube.log 2>&1 &
 kube=$!
 if ! cargo test "${scope[@]}" --locked --no-run "$@"; then
   wait "$kube" || true
