@@ -49,7 +49,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     for entry in std::fs::read_dir(from).ctx(|| format!("read {}", from.display()))? {
         let entry = entry.ctx(|| format!("read {}", from.display()))?;
         let (path, name) = (entry.path(), entry.file_name());
-        if name == "secrets" {
+        // Secrets are generated per copy; the Helm chart's links back into deploy/ are not needed.
+        if name == "secrets" || entry.file_type().is_ok_and(|t| t.is_symlink()) {
             continue;
         }
         if path.is_dir() {
