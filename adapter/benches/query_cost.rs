@@ -333,6 +333,11 @@ impl KedaBench {
     }
 }
 
+/// The adapter's own metrics.
+async fn scrape(client: &reqwest::Client, port: u16) -> String {
+    client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.expect("metrics").text().await.expect("text")
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets" } else { "MISSES" }
 }
@@ -446,14 +451,7 @@ async fn main() {
         Ok(out) => println!("tls:      wrk failed: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => println!("tls:      wrk not available ({e}); scripts/bench-adapter.sh installs it"),
     }
-    let text = client
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&client, metrics_port).await;
     let route = "lagscale_http_request_duration_seconds";
     let series: Vec<&str> = text
         .lines()
@@ -470,14 +468,7 @@ async fn main() {
         verdict(p99 <= 0.001)
     );
     keda.run().await;
-    let text = client
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&client, metrics_port).await;
     let grpc = "lagscale_grpc_request_duration_seconds";
     let series: Vec<&str> = text.lines().filter(|l| l.contains("method=\"GetMetrics\"")).collect();
     let series = series.join("\n");

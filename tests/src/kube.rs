@@ -280,6 +280,29 @@ impl ControlPlane {
         client_from_kubeconfig(&self.kubeconfig).await
     }
 
+    /// Applies every CRD of KEDA's (from the module the install script builds KEDA from) and
+    /// waits until the ScaledObject and TriggerAuthentication kinds are served. KEDA's operator
+    /// needs all of them: it waits for a cache of each kind it watches and exits without one.
+    pub fn install_keda_crds(&self) -> Result<()> {
+        let crds = tools::keda_crds()?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&crds)
+            .ctx(|| format!("read {}", crds.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for path in files {
+            self.kubectl(&["apply", "--server-side", "-f", &path.display().to_string()])?;
+        }
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/scaledobjects.keda.sh",
+            "crd/triggerauthentications.keda.sh",
+        ])?;
+        Ok(())
+    }
+
     /// Runs `kubectl --kubeconfig=ADMIN ARGS` and returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         self.kubectl_with_stdin(args, None)

@@ -361,21 +361,7 @@ const KEDA_METRIC_PATH: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces
 /// v1beta1.external.metrics.k8s.io through an ExternalName Service to loopback), with mutual TLS
 /// between them from a CA of their own, as KEDA's cert rotation would make.
 async fn start_keda(run: &RunDir, cluster: &ControlPlane, scaler_port: u16, adapter_ca: Ca) -> Keda {
-    let crds = lagscale_tests::tools::keda_crds().expect("KEDA's CRDs (scripts/install-services.sh keda)");
-    // Every CRD: the operator waits for a cache of each kind it watches and exits without one.
-    let mut files: Vec<_> = std::fs::read_dir(&crds).expect("CRD dir").map(|e| e.expect("entry").path()).collect();
-    files.sort();
-    for path in files.iter().filter(|p| p.extension().is_some_and(|x| x == "yaml")) {
-        cluster.kubectl(&["apply", "--server-side", "-f", path.to_str().expect("utf8")]).expect("KEDA CRD");
-    }
-    cluster
-        .kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/scaledobjects.keda.sh",
-            "crd/triggerauthentications.keda.sh",
-        ])
-        .expect("CRDs established");
+    cluster.install_keda_crds().expect("KEDA's CRDs (scripts/install-services.sh keda)");
 
     // KEDA's internal mTLS (operator <-> metrics server): one certificate both serve and
     // present, for localhost.
@@ -564,6 +550,34 @@ impl Loop {
         }
     }
 
+    /// The step-once burst: from deploy/'s replicas down to one worker at rest, then 3,000
+    /// events/s, met with one move up straight to the partitions; 20 s later the producer stops
+    /// and, drained, one move down straight back to 1. Every event in MongoDB exactly once, one
+    /// reconfiguration per membership change.
+    async fn one_move_up_and_one_down(&mut self) {
+        let mut rest = Vec::new();
+        self.follow(Instant::now(), &mut rest, Duration::from_secs(240), Duration::from_secs(6), |_, want| want == 1)
+            .await;
+        let producer = self.produce(3000);
+        let (since, mut history) = (Instant::now(), Vec::new());
+        self.follow(since, &mut history, Duration::from_secs(300), Duration::ZERO, |_, want| want >= PARTITIONS).await;
+        let at_peak = Instant::now();
+        let twenty = Duration::from_secs(20);
+        self.follow(since, &mut history, Duration::from_secs(60), Duration::ZERO, |_, _| at_peak.elapsed() >= twenty)
+            .await;
+        let ids = producer.finish().await;
+        self.follow(since, &mut history, Duration::from_secs(300), Duration::from_secs(12), |_, want| want == 1).await;
+
+        let replicas: Vec<i32> = history.iter().map(|h| h.1).collect();
+        assert_eq!(replicas, vec![1, PARTITIONS, 1], "one move up, one move down: {history:?}");
+        let db = self.pipeline.mongod.client().await.expect("client").database("pipeline");
+        let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
+        let stored = stored_ids(&db, expected.len() as u64).await;
+        assert_eq!(stored, expected, "every event in MongoDB exactly once");
+        self.check_reconfigurations().await;
+        eprintln!("at rest: {rest:?}; burst: {history:?}; {} events", expected.len());
+    }
+
     /// Every worker that took part saw exactly one reconfiguration per membership change,
     /// and none follows once the group settled.
     async fn check_reconfigurations(&mut self) {
@@ -647,28 +661,7 @@ async fn step_once_meets_a_burst_with_one_move_up_and_one_down() {
     let mut l = start_loop("closed-loop-step-once", "earliest").await;
     let hpa = to_yaml(&[test_hpa("hpa/hpa.yaml")]).expect("yaml");
     l.cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&hpa)).expect("hpa");
-    // At rest: deploy/'s replicas come down to the profile's minimum first.
-    let mut rest = Vec::new();
-    l.follow(Instant::now(), &mut rest, Duration::from_secs(240), Duration::from_secs(6), |_, want| want == 1).await;
-
-    let producer = l.produce(3000);
-    let (since, mut history) = (Instant::now(), Vec::new());
-    l.follow(since, &mut history, Duration::from_secs(300), Duration::ZERO, |_, want| want >= PARTITIONS).await;
-    // The burst goes on for 20 s at 4 workers, then stops.
-    let at_peak = Instant::now();
-    let twenty = Duration::from_secs(20);
-    l.follow(since, &mut history, Duration::from_secs(60), Duration::ZERO, |_, _| at_peak.elapsed() >= twenty).await;
-    let ids = producer.finish().await;
-    l.follow(since, &mut history, Duration::from_secs(300), Duration::from_secs(12), |_, want| want == 1).await;
-
-    let replicas: Vec<i32> = history.iter().map(|h| h.1).collect();
-    assert_eq!(replicas, vec![1, PARTITIONS, 1], "one move up, one move down: {history:?}");
-    let db = l.pipeline.mongod.client().await.expect("client").database("pipeline");
-    let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
-    let stored = stored_ids(&db, expected.len() as u64).await;
-    assert_eq!(stored, expected, "every event in MongoDB exactly once");
-    l.check_reconfigurations().await;
-    eprintln!("at rest: {rest:?}; burst: {history:?}; {} events", expected.len());
+    l.one_move_up_and_one_down().await;
 }
 
 /// deploy/keda/ + hpa/keda/ on the real 1.37 control plane: KEDA 2.21's operator and metrics
@@ -731,25 +724,7 @@ async fn keda_scales_the_workers_on_lagscales_external_scaler() {
     assert_eq!(quantity(&hpa["spec"]["behavior"]["scaleUp"]["tolerance"]), 10, "0.01: {hpa}");
     assert_eq!(hpa["spec"]["maxReplicas"], PARTITIONS, "{hpa}");
 
-    // At rest: down to the ScaledObject's minimum first.
-    let mut rest = Vec::new();
-    l.follow(Instant::now(), &mut rest, Duration::from_secs(240), Duration::from_secs(6), |_, want| want == 1).await;
-    let producer = l.produce(3000);
-    let (since, mut history) = (Instant::now(), Vec::new());
-    l.follow(since, &mut history, Duration::from_secs(300), Duration::ZERO, |_, want| want >= PARTITIONS).await;
-    let at_peak = Instant::now();
-    let twenty = Duration::from_secs(20);
-    l.follow(since, &mut history, Duration::from_secs(60), Duration::ZERO, |_, _| at_peak.elapsed() >= twenty).await;
-    let ids = producer.finish().await;
-    l.follow(since, &mut history, Duration::from_secs(300), Duration::from_secs(12), |_, want| want == 1).await;
-
-    let replicas: Vec<i32> = history.iter().map(|h| h.1).collect();
-    assert_eq!(replicas, vec![1, PARTITIONS, 1], "one move up, one move down: {history:?}");
-    let db = l.pipeline.mongod.client().await.expect("client").database("pipeline");
-    let expected = lagscale_tests::pipeline::produced_ids(&ids).expect("ids file");
-    let stored = stored_ids(&db, expected.len() as u64).await;
-    assert_eq!(stored, expected, "every event in MongoDB exactly once");
-    l.check_reconfigurations().await;
+    l.one_move_up_and_one_down().await;
 
     // The values came through lagscale's scaler: KEDA's metrics server asked, KEDA's operator
     // called GetMetrics over mutual TLS, and its activity stream was open.
@@ -759,7 +734,6 @@ async fn keda_scales_the_workers_on_lagscales_external_scaler() {
     assert!(metric(&metrics, "lagscale_keda_streams{method=\"StreamIsActive\"}") >= 1.0, "external-push stream open");
     let status = l.cluster.kubectl(&["get", "--raw", HPA_PATH]).expect("hpa status");
     assert!(status.contains("\"currentMetrics\"") && status.contains("s0-projection-worker-demand"), "{status}");
-    eprintln!("at rest: {rest:?}; burst: {history:?}; {} events", expected.len());
 }
 
 /// hpa/profiles/scale-to-zero.yaml on the real 1.37 controller: with nothing waiting the

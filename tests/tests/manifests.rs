@@ -336,20 +336,8 @@ async fn keda_manifests_pass_a_server_side_dry_run_against_kedas_crds() {
     let deploy = deploy_copy(run.path()).expect("deploy copy with secrets");
     let docs = documents(&kustomize(&deploy.join("keda")).expect("kustomize deploy/keda/")).expect("yaml");
     let keda = documents(&kustomize(&repo_root().join("hpa/keda")).expect("kustomize hpa/keda/")).expect("yaml");
-    let crds = lagscale_tests::tools::keda_crds().expect("KEDA's CRDs (scripts/install-services.sh keda)");
     let cluster = ControlPlane::start(&run, ControlPlaneOptions::default()).await.expect("control plane");
-    for file in ["keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml"] {
-        let path = crds.join(file);
-        cluster.kubectl(&["apply", "--server-side", "-f", path.to_str().expect("utf8")]).expect("KEDA CRD");
-    }
-    cluster
-        .kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/scaledobjects.keda.sh",
-            "crd/triggerauthentications.keda.sh",
-        ])
-        .expect("CRDs established");
+    cluster.install_keda_crds().expect("KEDA's CRDs (scripts/install-services.sh keda)");
     let namespace = docs.iter().find(|d| kind(d) == "Namespace").expect("namespace").clone();
     cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&to_yaml(&[namespace]).expect("yaml"))).expect("namespace");
     let all: Vec<Value> = docs.into_iter().chain(keda.iter().cloned()).collect();
