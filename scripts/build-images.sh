@@ -50,6 +50,9 @@ if ! buildah inspect --type image "$build" >/dev/null 2>&1; then
   buildah copy "$c" "$root" / >/dev/null
   log "adding the host's Rust $rust toolchain"
   buildah copy "$c" "$(rustc --print sysroot)" /usr/local/rust >/dev/null
+  # The host's trust store: where crates.io is reached through a TLS-inspecting proxy, its CA
+  # is there (the build stage downloads crates; the runtime image keeps Debian's own).
+  buildah copy "$c" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
   buildah config --env PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env CARGO_HOME=/usr/local/cargo "$c"
   buildah commit --quiet "$c" "$build" >/dev/null
