@@ -7,7 +7,8 @@
 #   Rust toolchain (rustc --print sysroot), as localhost/lagscale-rust:RUST_VERSION;
 # - `buildah build` of adapter/Dockerfile and worker/Dockerfile with those as BUILD_IMAGE and
 #   RUNTIME_IMAGE (vfs storage, chroot isolation: no daemon, no user namespaces needed);
-# - each image's entrypoint run as 65532:65532: --help, and the adapter started for real.
+# - each image's entrypoint run as 65532:65532: --help, then the worker and the adapter started
+#   for real against local Kafka and mongod (the harness's lagscale-local, without workers).
 # Root filesystems are cached under $LAGSCALE_TOOLS/images. First run: ~25 min on 2 cores (two
 # release builds inside the image).
 set -euo pipefail
@@ -77,19 +78,54 @@ for cmd in "lag-adapter:lag-adapter --help" "projection-worker:projection-worker
   log "$run: ok as 65532"
   buildah rm "$c" >/dev/null
 done
-# The adapter for real: it starts, serves /livez over TLS, and is not ready without Kafka.
-c=$(buildah from localhost/lag-adapter:test)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-setsid buildah run --user 65532:65532 "$c" -- lag-adapter --bootstrap-servers 127.0.0.1:1 \
-  --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 --insecure-no-auth >"$images/adapter-run.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do
-  curl -sk "https://127.0.0.1:$port/livez" 2>/dev/null | grep -q ok && break
-  sleep 0.2
-done
-live=$(curl -sk "https://127.0.0.1:$port/livez" || true)
-ready=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$port/readyz" || true)
-kill -- "-$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
-buildah rm "$c" >/dev/null
-[ "$live" = ok ] || { cat "$images/adapter-run.log" >&2; echo "the adapter image did not serve /livez" >&2; exit 1; }
-log "lag-adapter started as 65532 in its image: /livez ok, /readyz $ready without Kafka"
+# Both for real, against local services: Kafka and mongod from the harness's local pipeline
+# (no workers of its own), the images' worker and adapter beside it on loopback.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # URL EXPECTED-CODE: until the code answers, or 60 s
+  for _ in $(seq 1 300); do
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = "$2" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+scripts/install-services.sh kafka mongo >/dev/null
+# shellcheck source=/dev/null
+. "$TOOLS/env"
+cargo build --quiet --locked -p lagscale-tests --bin lagscale-local
+setsid target/debug/lagscale-local --workers 0 --producer-rate 200 >"$images/local.log" 2>&1 &
+local_pid=$!
+containers=()
+cleanup() {
+  for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill -- "-$pid" 2>/dev/null; done
+  kill -TERM "$local_pid" 2>/dev/null; wait "$local_pid" 2>/dev/null || true
+  for c in "${containers[@]:-}"; do [ -n "$c" ] && buildah rm "$c" >/dev/null 2>&1; done
+}
+pids=()
+trap cleanup EXIT
+for _ in $(seq 1 600); do grep -q "ready in" "$images/local.log" && break; sleep 0.2; done
+grep -q "ready in" "$images/local.log" || { cat "$images/local.log" >&2; echo "local services did not start" >&2; exit 1; }
+bootstrap=$(awk '$1 == "kafka" {print $3}' "$images/local.log")
+mongo=$(awk '$1 == "mongod" {print $2}' "$images/local.log")
+
+c=$(buildah from localhost/projection-worker:test); containers+=("$c")
+http=$(free_port)
+setsid buildah run --user 65532:65532 "$c" -- projection-worker --bootstrap-servers "$bootstrap" \
+  --mongodb-uri "$mongo" --worker-id image-worker --http-listen "127.0.0.1:$http" \
+  --metrics-listen "127.0.0.1:$(free_port)" >"$images/worker-run.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$http/ready" 200 \
+  || { cat "$images/worker-run.log" >&2; echo "the worker image did not become ready" >&2; exit 1; }
+log "projection-worker started as 65532 in its image: joined the group, /ready 200"
+
+c=$(buildah from localhost/lag-adapter:test); containers+=("$c")
+port=$(free_port)
+setsid buildah run --user 65532:65532 "$c" -- lag-adapter --bootstrap-servers "$bootstrap" \
+  --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" --insecure-no-auth \
+  >"$images/adapter-run.log" 2>&1 &
+pids+=($!)
+wait_http "https://127.0.0.1:$port/readyz" 200 \
+  || { cat "$images/adapter-run.log" >&2; echo "the adapter image did not become ready" >&2; exit 1; }
+lag=$(curl -sk "https://127.0.0.1:$port/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag?labelSelector=consumergroup%3Dprojection-worker")
+grep -q '"metricName":"kafka_consumergroup_lag"' <<<"$lag" \
+  || { echo "the adapter image answered: $lag" >&2; exit 1; }
+log "lag-adapter started as 65532 in its image: ready on Kafka, serving the worker's lag"

@@ -109,11 +109,11 @@ install_kafka() {
     dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS.part" >"$dir/mvn.log" 2>&1 \
     || { tail -n 30 "$dir/mvn.log" >&2; die "Maven could not resolve Kafka $KAFKA_VERSION (log: $dir/mvn.log)"; }
   [ -f "$KAFKA_LIBS.part/kafka_2.13-$KAFKA_VERSION.jar" ] || die "no kafka_2.13-$KAFKA_VERSION.jar resolved"
-  ls "$KAFKA_LIBS.part" | grep -q '^log4j-slf4j-impl-' || die "no SLF4J binding on Kafka's classpath"
+  grep -q '^log4j-slf4j-impl-' <<<"$(ls "$KAFKA_LIBS.part")" || die "no SLF4J binding on Kafka's classpath"
   mv "$KAFKA_LIBS.part" "$KAFKA_LIBS"
   (cd "$KAFKA_LIBS" && sha256sum -- *.jar) > "$dir/libs.sha256"
   sha256sum < "$pom" > "$dir/pom.sha256"
-  java -cp "$KAFKA_LIBS/*" kafka.Kafka --version 2>/dev/null | grep -q "$KAFKA_VERSION" \
+  grep -q "$KAFKA_VERSION" <<<"$(java -cp "$KAFKA_LIBS/*" kafka.Kafka --version 2>/dev/null)" \
     || die "Kafka $KAFKA_VERSION does not start with $(java -version 2>&1 | head -n1)"
   log "Kafka $KAFKA_VERSION: $(du -sh "$KAFKA_LIBS" | cut -f1) of jars"
 }
@@ -126,7 +126,7 @@ install_mongod() {
       --only-binary :all: --platform manylinux1_x86_64
   fi
   # MongoDB's Ubuntu 22.04 build links libcurl4 and libssl3.
-  if ldd "$MONGOD" | grep -q 'not found'; then
+  if grep -q 'not found' <<<"$(ldd "$MONGOD")"; then
     apt_install libcurl4 libssl3
   fi
   "$MONGOD" --version >/dev/null || die "mongod does not run on this machine"
@@ -164,7 +164,7 @@ install_kube() {
       mv "$dir/$cmd.part" "$dir/$cmd"
       record_digest "$dir/$cmd"
     done
-    "$KUBE_APISERVER" --version | grep -q "v$KUBE_VERSION" || die "kube-apiserver is not v$KUBE_VERSION"
+    grep -q "v$KUBE_VERSION" <<<"$("$KUBE_APISERVER" --version)" || die "kube-apiserver is not v$KUBE_VERSION"
     log "Kubernetes $KUBE_VERSION built in $((SECONDS - started)) s"
   fi
   if ! cached_ok "$ETCD"; then
@@ -175,7 +175,7 @@ install_kube() {
     mv "$edir/etcd.part" "$ETCD"
     record_digest "$ETCD"
   fi
-  "$ETCD" --version | grep -q "etcd Version: $ETCD_VERSION" || die "etcd is not $ETCD_VERSION"
+  grep -q "etcd Version: $ETCD_VERSION" <<<"$("$ETCD" --version)" || die "etcd is not $ETCD_VERSION"
 }
 
 # Builds Go tools from the module proxy in their wrapper module tests/NAME (go.sum pins every

@@ -1,7 +1,8 @@
 //! The Dockerfiles against the workspace and the manifests: each builds packages and binaries
 //! that exist, installs every binary its package has, runs as the user and serves on the ports
 //! the manifests expect, and starts the command the manifests run. (No image builder with a
-//! reachable registry runs on these machines: docs/images.md says what was tried.)
+//! reachable registry runs in CI time: scripts/build-images.sh builds and runs them with
+//! buildah, docs/images.md.)
 
 use std::collections::BTreeSet;
 use std::process::Command;
