@@ -125,7 +125,12 @@ setsid buildah run --user 65532:65532 "$c" -- lag-adapter --bootstrap-servers "$
 pids+=($!)
 wait_http "https://127.0.0.1:$port/readyz" 200 \
   || { cat "$images/adapter-run.log" >&2; echo "the adapter image did not become ready" >&2; exit 1; }
-lag=$(curl -sk "https://127.0.0.1:$port/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag?labelSelector=consumergroup%3Dprojection-worker")
-grep -q '"metricName":"kafka_consumergroup_lag"' <<<"$lag" \
-  || { echo "the adapter image answered: $lag" >&2; exit 1; }
+# The worker commits every 5 s: wait until the group has offsets to serve.
+url="https://127.0.0.1:$port/apis/external.metrics.k8s.io/v1beta1/namespaces/default/kafka_consumergroup_lag?labelSelector=consumergroup%3Dprojection-worker"
+for _ in $(seq 1 300); do
+  lag=$(curl -sk "$url" || true)
+  grep -q '"metricName":"kafka_consumergroup_lag"' <<<"$lag" && break
+  sleep 0.2
+done
+grep -q '"metricName":"kafka_consumergroup_lag"' <<<"$lag" || { echo "the adapter image answered: $lag" >&2; exit 1; }
 log "lag-adapter started as 65532 in its image: ready on Kafka, serving the worker's lag"
