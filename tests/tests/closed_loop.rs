@@ -467,17 +467,10 @@ spec:
         base64(serving_ca.cert_pem().as_bytes())
     );
     cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&registration)).expect("KEDA's APIService");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = cluster
-            .kubectl(&["get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json"])
-            .unwrap_or_default();
-        if status.contains("\"type\": \"Available\"") && status.contains("\"status\": \"True\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "KEDA's metrics server available through the aggregator: {status}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The aggregator's own verdict on KEDA's metrics server, waited on by kubectl.
+    cluster
+        .kubectl(&["wait", "--for=condition=Available", "--timeout=120s", "apiservice/v1beta1.external.metrics.k8s.io"])
+        .expect("KEDA's metrics server available through the aggregator");
     Keda { scaler_port, adapter_ca, _operator: operator, _metrics_server: metrics_server }
 }
 
@@ -703,18 +696,15 @@ async fn keda_scales_the_workers_on_lagscales_external_scaler() {
 
     // KEDA made the HPA from the ScaledObject, with the step-once behaviour and the target's
     // lagPerReplica (from GetMetricSpec) as its AverageValue.
-    let hpas = HPA_PATH.replace("/projection-worker", "");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let hpa = loop {
-        let raw = l.cluster.kubectl(&["get", "--raw", &format!("{hpas}/projection-worker")]).unwrap_or_default();
-        if let Ok(hpa) = serde_json::from_str::<serde_json::Value>(&raw)
-            && hpa["spec"]["metrics"][0]["external"]["metric"]["name"].is_string()
-        {
-            break hpa;
-        }
-        assert!(Instant::now() < deadline, "KEDA created the HPA: {raw}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let wait = |condition: &str| {
+        l.cluster
+            .kubectl(&["wait", "-n", "pipeline", condition, "--timeout=120s", "hpa/projection-worker"])
+            .unwrap_or_else(|e| panic!("KEDA created the HPA ({condition}): {e}"))
     };
+    wait("--for=create");
+    wait("--for=jsonpath={.spec.metrics[0].external.metric.name}");
+    let raw = l.cluster.kubectl(&["get", "--raw", HPA_PATH]).expect("the HPA");
+    let hpa: serde_json::Value = serde_json::from_str(&raw).expect("HPA JSON");
     assert_eq!(hpa["spec"]["metrics"][0]["external"]["metric"]["name"], "s0-projection-worker-demand", "{hpa}");
     let quantity = |v: &serde_json::Value| {
         hpa_model::quantity::Quantity::parse(v.as_str().expect("a quantity")).expect("quantity").milli_value()
