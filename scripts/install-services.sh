@@ -216,7 +216,13 @@ install_keda() {
     keda=cmd/operator keda-adapter=cmd/adapter
   if [ ! -f "$KEDA_CRDS/keda.sh_scaledobjects.yaml" ]; then
     local src
-    src=$(cd "$root/tests/keda" && go list -m -f '{{.Dir}}' "$module")
+    # The module cache the build used (go_tool's), not the user's: a fresh machine has KEDA
+    # only there, and `go list -m` prints an empty Dir for a module it has not downloaded.
+    src=$(cd "$root/tests/keda" && GOMODCACHE=$TOOLS/go/mod GOFLAGS=-mod=readonly go mod download -json "$module" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])') \
+      || die "KEDA's module source not found in $TOOLS/go/mod"
+    [ -d "$src/config/crd/bases" ] || die "KEDA's CRDs not found in the module ($src)"
+    rm -rf "$KEDA_CRDS.part"
     mkdir -p "$KEDA_CRDS.part"
     cp "$src"/config/crd/bases/*.yaml "$KEDA_CRDS.part/"
     chmod -R u+w "$KEDA_CRDS.part"
