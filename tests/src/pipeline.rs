@@ -119,33 +119,24 @@ impl Pipeline {
         })
         .await?;
 
-        let mut workers = Vec::new();
-        for i in 1..=options.workers {
-            let (http, metrics) = (free_port()?, free_port()?);
-            let args: Vec<OsString> = vec![
-                "--bootstrap-servers".into(),
-                broker.bootstrap().into(),
-                "--mongodb-uri".into(),
-                mongod.uri().into(),
-                "--group".into(),
-                WORKER_GROUP.into(),
-                "--worker-id".into(),
-                format!("worker-{i}").into(),
-                "--http-listen".into(),
-                format!("127.0.0.1:{http}").into(),
-                "--metrics-listen".into(),
-                format!("127.0.0.1:{metrics}").into(),
-            ];
-            let name = format!("projection-worker-{i}");
-            let process =
-                ServiceProcess::spawn(&name, &binary(&options.bin_dir, "projection-worker")?, args, &run.sub(&name)?)?;
-            workers.push((process, http, metrics));
+        let mut pipeline = Self {
+            producer: None,
+            workers: Vec::new(),
+            adapter,
+            adapter_api,
+            adapter_metrics,
+            targets_file,
+            mongod,
+            broker,
+        };
+        for _ in 0..options.workers {
+            pipeline.add_worker(run, &options.bin_dir, &[])?;
         }
 
         let producer = if options.producer_rate > 0 {
             let mut args: Vec<OsString> = vec![
                 "--bootstrap-servers".into(),
-                broker.bootstrap().into(),
+                pipeline.broker.bootstrap().into(),
                 "--rate".into(),
                 options.producer_rate.to_string().into(),
                 "--duration".into(),
@@ -163,7 +154,34 @@ impl Pipeline {
         } else {
             None
         };
-        Ok(Self { producer, workers, adapter, adapter_api, adapter_metrics, targets_file, mongod, broker })
+        pipeline.producer = producer;
+        Ok(pipeline)
+    }
+
+    /// Starts the next projection worker (`worker-N`) in the workers' group, with `extra`
+    /// flags after the pipeline's own. Returns its (health, metrics) ports.
+    pub fn add_worker(&mut self, run: &RunDir, bin_dir: &Path, extra: &[&str]) -> Result<(u16, u16)> {
+        let i = self.workers.len() + 1;
+        let (http, metrics) = (free_port()?, free_port()?);
+        let mut args: Vec<OsString> = vec![
+            "--bootstrap-servers".into(),
+            self.broker.bootstrap().into(),
+            "--mongodb-uri".into(),
+            self.mongod.uri().into(),
+            "--group".into(),
+            WORKER_GROUP.into(),
+            "--worker-id".into(),
+            format!("worker-{i}").into(),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http}").into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics}").into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        let name = format!("projection-worker-{i}");
+        let process = ServiceProcess::spawn(&name, &binary(bin_dir, "projection-worker")?, args, &run.sub(&name)?)?;
+        self.workers.push((process, http, metrics));
+        Ok((http, metrics))
     }
 
     pub fn lag_url(&self) -> String {

@@ -3,13 +3,11 @@
 //! from that record (what a rate target's `eventsPerReplica` is set from) agrees with the rate
 //! the worker itself reports writing over the same saturated time.
 
-use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use lagscale_tests::RunDir;
-use lagscale_tests::net::{free_port, http_get};
-use lagscale_tests::pipeline::{Pipeline, PipelineOptions, TARGET, WORKER_GROUP, binary, sibling_bin_dir};
-use lagscale_tests::process::ServiceProcess;
+use lagscale_tests::net::http_get;
+use lagscale_tests::pipeline::{Pipeline, PipelineOptions, TARGET, binary, sibling_bin_dir};
 
 const BACKLOG: u64 = 300_000;
 /// The estimate counts a window only while at least this much waits (the worker saturated).
@@ -41,7 +39,7 @@ async fn estimate_from_a_record_of_a_saturated_worker_matches_its_own_rate() {
         adapter_args: vec!["--poll-interval".into(), "500ms".into()],
         adapter_kubeconfig: None,
     };
-    let pipeline = Pipeline::start(&run, &options).await.expect("pipeline");
+    let mut pipeline = Pipeline::start(&run, &options).await.expect("pipeline");
 
     // The backlog first, so that one worker is saturated from its first poll to near the end.
     let out = tokio::process::Command::new(binary(&bin_dir, "event-producer").expect("producer"))
@@ -51,46 +49,32 @@ async fn estimate_from_a_record_of_a_saturated_worker_matches_its_own_rate() {
         .expect("event-producer");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
-    let args: Vec<OsString> = [
-        "--bootstrap-servers",
-        &pipeline.broker.bootstrap(),
-        "--mongodb-uri",
-        &pipeline.mongod.uri(),
-        "--group",
-        WORKER_GROUP,
-        "--worker-id",
-        "worker-1",
-        "--http-listen",
-        &format!("127.0.0.1:{http}"),
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics}"),
-        // Commits (what the lag is read from) every second: a 10 s window's ends are each
-        // at most a second behind what was written.
-        "--commit-interval",
-        "1s",
-        // A worker bound by MongoDB round trips (one small majority write at a time), so a
-        // backlog this test can produce in seconds keeps it saturated for a minute.
-        "--batch-size",
-        "10",
-        "--writes-in-flight",
-        "1",
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect();
-    let _worker = ServiceProcess::spawn(
-        "projection-worker-1",
-        &binary(&bin_dir, "projection-worker").expect("worker"),
-        args,
-        &run.sub("worker").expect("dir"),
-    )
-    .expect("worker");
+    let (_, metrics) = pipeline
+        .add_worker(
+            &run,
+            &bin_dir,
+            &[
+                // Commits (what the lag is read from) every second: a 10 s window's ends are
+                // each at most a second behind what was written.
+                "--commit-interval",
+                "1s",
+                // A worker bound by MongoDB round trips (one small majority write at a time),
+                // so a backlog this test can produce in seconds keeps it saturated for a minute.
+                "--batch-size",
+                "10",
+                "--writes-in-flight",
+                "1",
+            ],
+        )
+        .expect("worker");
 
     // The worker's own count of written events, sampled until the backlog is gone.
+    // Sampled on a fixed cadence: the samples are the measurement, compared below.
     let mut samples: Vec<(Instant, f64)> = Vec::new();
+    let mut every = tokio::time::interval(Duration::from_millis(250));
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
+        every.tick().await;
         let count = tokio::task::spawn_blocking(move || written(metrics)).await.expect("join");
         if let Some(count) = count {
             samples.push((Instant::now(), count));
@@ -99,7 +83,6 @@ async fn estimate_from_a_record_of_a_saturated_worker_matches_its_own_rate() {
             }
         }
         assert!(Instant::now() < deadline, "the backlog drained: {:?}", samples.last());
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     // Its rate while saturated: from its first written batch until less than MIN_LAG waited.
