@@ -26,16 +26,17 @@ fi
 export LAGSCALE_RUN_DIR=${LAGSCALE_RUN_DIR:-$PWD/target/lagscale-run}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
+# --no-fail-fast: every test binary runs after a failure, so one run reports every failure.
 status=0
 rest=("${scope[@]}")
 if [ "${#scope[@]}" -gt 0 ]; then
   # The packages that need only Kafka and mongod run while the Go builds finish (a fresh
   # machine's first run spends ~25 min on them); the rest after.
-  cargo test --locked -p projection-worker -p hpa-model -p lag-tuner "$@" || status=$?
+  cargo test --locked --no-fail-fast -p projection-worker -p hpa-model -p lag-tuner "$@" || status=$?
   rest=(--workspace --exclude projection-worker --exclude hpa-model --exclude lag-tuner)
 fi
 wait "$kube" || { tail -n 40 target/install-kube.log >&2; echo "installing Kubernetes, KEDA, promtool or helm failed" >&2; exit 1; }
 # shellcheck source=/dev/null
 . "${LAGSCALE_TOOLS:-$HOME/.cache/lagscale/tools}/env"
-cargo test "${rest[@]}" --locked "$@" || status=$?
+cargo test "${rest[@]}" --locked --no-fail-fast "$@" || status=$?
 exit "$status"
