@@ -12,7 +12,8 @@
 //!
 //! Prints figures and ratios beside the targets; asserts nothing. Run: scripts/bench-worker.sh.
 //! Scale: BENCH_EVENTS (200000), BENCH_ROUNDS (5), BENCH_BASELINE_EVENTS (5000), BENCH_REBALANCES (5),
-//! BENCH_STEADY_RATE (5000 events/s), BENCH_STEADY_SECONDS (20).
+//! BENCH_STEADY_RATE (5000 events/s), BENCH_STEADY_SECONDS (20); BENCH_VARIANT (worker flags, e.g.
+//! "--batch-size 2000"): a second worker with them drains in every round, reported beside.
 
 use std::time::{Duration, Instant};
 
@@ -189,25 +190,25 @@ async fn drain(
     run: &RunDir,
     broker: &Broker,
     mongod: &Mongod,
-    client: &mongodb::Client,
-    round: u64,
+    round: &str,
+    seed: u64,
     events: u64,
+    extra: &[String],
 ) -> (f64, u64) {
     let (gpu, token) = (format!("backlog{round}_gpu"), format!("backlog{round}_token"));
     broker.create_topic(&gpu, 6).await.expect("topic");
     broker.create_topic(&token, 6).await.expect("topic");
-    let backlog = ProducerConfig {
-        gpu_topic: gpu.clone(),
-        token_topic: token.clone(),
-        ..producer_config(broker, events, 7 + round)
-    };
+    let backlog =
+        ProducerConfig { gpu_topic: gpu.clone(), token_topic: token.clone(), ..producer_config(broker, events, seed) };
     let summary = producer::run(&backlog, std::future::pending()).await.expect("produce");
     assert_eq!(summary.failed, 0);
     let database = format!("bench{round}");
-    let db = client.database(&database);
+    let db = mongod.client().await.expect("client").database(&database);
     let collections = [gpu.as_str(), token.as_str()];
     let mut args = spawn_args(&database);
     args.extend(["--gpu-topic".into(), gpu.clone(), "--token-topic".into(), token.clone()]);
+    // Later flags win: a variant's overrides of the defaults.
+    args.extend(extra.iter().cloned());
     let launched = Instant::now();
     let worker = common::start_worker(
         run,
@@ -238,8 +239,9 @@ async fn drain(
     let sustained = first_seen.elapsed();
     let rate = (events - first_count) as f64 / sustained.as_secs_f64();
     println!(
-        "worker:   {rate:>9.0} docs/s  ({} events Kafka -> MongoDB in {sustained:.2?} after the first batch; \
+        "worker{}: {rate:>9.0} docs/s  ({} events Kafka -> MongoDB in {sustained:.2?} after the first batch; \
          {:.2?} from launch incl. group join = {:.0} docs/s)",
+        if extra.is_empty() { String::from("  ") } else { format!(" [{}]", extra.join(" ")) },
         events - first_count,
         launched.elapsed(),
         events as f64 / launched.elapsed().as_secs_f64(),
@@ -357,14 +359,46 @@ async fn main() {
     let mut workers = Vec::new();
     let mut ratios = Vec::new();
     let mut rss_max = 0u64;
+    // BENCH_VARIANT="--batch-size 2000 --writes-in-flight 2": a second worker with these flags
+    // drains the same backlog in every round, for comparing settings side by side.
+    let variant: Vec<String> =
+        std::env::var("BENCH_VARIANT").unwrap_or_default().split_whitespace().map(String::from).collect();
+    let (mut variant_rates, mut variant_ratios) = (Vec::new(), Vec::new());
     for round in 0..env_or("BENCH_ROUNDS", 5) {
         let ceiling = best_insert_rate(&mongod, &broker, &rounds, &format!("ceiling{round}")).await;
         ceilings.push(ceiling);
-        let (rate, rss) = drain(&run, &broker, &mongod, &client, round, events).await;
+        // With a variant, the two workers take turns going first (the machine drifts).
+        let (rate, rss) = if variant.is_empty() || round % 2 == 0 {
+            let defaults = drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, &[]).await;
+            if !variant.is_empty() {
+                variant_rates
+                    .push(drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, &variant).await.0);
+            }
+            defaults
+        } else {
+            variant_rates
+                .push(drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, &variant).await.0);
+            drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, &[]).await
+        };
         workers.push(rate);
         rss_max = rss_max.max(rss);
         println!("round {round}: worker / ceiling = {:.0} %", 100.0 * rate / ceiling);
+        if let Some(v) = variant_rates.last() {
+            println!("round {round}: variant [{}] / ceiling = {:.0} %", variant.join(" "), 100.0 * v / ceiling);
+            variant_ratios.push(v / ceiling);
+        }
         ratios.push(rate / ceiling);
+    }
+    if !variant.is_empty() {
+        println!(
+            "variant [{}]: median {:.0} docs/s = {:.0} % of the ceiling by the medians, {:.0} % round by round (defaults: {:.0} %, {:.0} %)",
+            variant.join(" "),
+            median(&variant_rates),
+            100.0 * median(&variant_rates) / median(&ceilings),
+            100.0 * median(&variant_ratios),
+            100.0 * median(&workers) / median(&ceilings),
+            100.0 * median(&ratios),
+        );
     }
     let (ceiling, worker_rate) = (median(&ceilings), median(&workers));
     println!(
