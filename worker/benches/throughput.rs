@@ -13,7 +13,9 @@
 //! Prints figures and ratios beside the targets; asserts nothing. Run: scripts/bench-worker.sh.
 //! Scale: BENCH_EVENTS (200000), BENCH_ROUNDS (5), BENCH_BASELINE_EVENTS (5000), BENCH_REBALANCES (5),
 //! BENCH_STEADY_RATE (5000 events/s), BENCH_STEADY_SECONDS (20); BENCH_VARIANT (worker flags, e.g.
-//! "--batch-size 2000"): a second worker with them drains in every round, reported beside.
+//! "--batch-size 2000") and/or BENCH_VARIANT_BIN (another worker build): a second worker drains in
+//! every round, reported beside;
+//! BENCH_DELIVERY_CHUNK (events): the ceiling again in a consumer's order, partitions in runs.
 
 use std::time::{Duration, Instant};
 
@@ -161,17 +163,51 @@ async fn written_behind(collection: &mongodb::Collection<Document>, slack: Durat
         .build();
     let docs: Vec<Document> =
         collection.find(doc! {}).with_options(options).await.expect("find").try_collect().await.expect("read");
+    behind_share(docs.iter().map(|d| d.get_datetime("ts").expect("ts").timestamp_millis()), slack)
+}
+
+/// Share of `ts` (Unix millis, in write order) more than `slack` older than an earlier one.
+fn behind_share(ts: impl Iterator<Item = i64>, slack: Duration) -> f64 {
     let slack = slack.as_millis() as i64;
-    let mut newest = i64::MIN;
-    let mut behind = 0;
-    for d in &docs {
-        let ts = d.get_datetime("ts").expect("ts").timestamp_millis();
+    let (mut newest, mut behind, mut n) = (i64::MIN, 0u64, 0u64);
+    for ts in ts {
         if ts < newest.saturating_sub(slack) {
             behind += 1;
         }
         newest = newest.max(ts);
+        n += 1;
     }
-    behind as f64 / docs.len().max(1) as f64
+    behind as f64 / n.max(1) as f64
+}
+
+/// Rounds of 2,000 documents, each split into its (gpu, token) documents.
+fn split_rounds(docs: &[(Kind, i32, RawDocumentBuf)]) -> Vec<(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)> {
+    docs.chunks(2000)
+        .map(|chunk| {
+            let (gpu, token): (Vec<_>, Vec<_>) = chunk.iter().partition(|(k, _, _)| *k == Kind::GpuMetrics);
+            (
+                gpu.into_iter().map(|(_, _, d)| d.clone()).collect(),
+                token.into_iter().map(|(_, _, d)| d.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// `docs` (in creation order) in the order a consumer receives them: each partition in runs of
+/// `chunk` events, the partitions taking turns.
+fn delivery_order(docs: &[(Kind, i32, RawDocumentBuf)], chunk: usize) -> Vec<(Kind, i32, RawDocumentBuf)> {
+    let mut by_partition: Vec<std::collections::VecDeque<&(Kind, i32, RawDocumentBuf)>> =
+        (0..PARTITIONS).map(|_| Default::default()).collect();
+    for d in docs {
+        by_partition[d.1 as usize].push_back(d);
+    }
+    let mut out = Vec::with_capacity(docs.len());
+    while out.len() < docs.len() {
+        for queue in &mut by_partition {
+            out.extend(queue.drain(..chunk.min(queue.len())).cloned());
+        }
+    }
+    out
 }
 
 /// Partitions per topic on the bench's broker.
@@ -193,8 +229,9 @@ async fn drain(
     round: &str,
     seed: u64,
     events: u64,
-    extra: &[String],
+    variant: Option<&Variant>,
 ) -> (f64, u64) {
+    let extra = variant.map_or(&[][..], |v| &v.flags[..]);
     let (gpu, token) = (format!("backlog{round}_gpu"), format!("backlog{round}_token"));
     broker.create_topic(&gpu, 6).await.expect("topic");
     broker.create_topic(&token, 6).await.expect("topic");
@@ -210,11 +247,13 @@ async fn drain(
     // Later flags win: a variant's overrides of the defaults.
     args.extend(extra.iter().cloned());
     let launched = Instant::now();
-    let worker = common::start_worker(
+    let default_binary: &std::path::Path = env!("CARGO_BIN_EXE_projection-worker").as_ref();
+    let worker = common::start_worker_binary(
+        variant.and_then(|v| v.binary.as_deref()).unwrap_or(default_binary),
         run,
         &format!("bench-{round}"),
         &broker.bootstrap(),
-        mongod,
+        &mongod.uri(),
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .process;
@@ -241,7 +280,7 @@ async fn drain(
     println!(
         "worker{}: {rate:>9.0} docs/s  ({} events Kafka -> MongoDB in {sustained:.2?} after the first batch; \
          {:.2?} from launch incl. group join = {:.0} docs/s)",
-        if extra.is_empty() { String::from("  ") } else { format!(" [{}]", extra.join(" ")) },
+        variant.map_or_else(|| String::from("  "), |v| format!(" [{v}]")),
         events - first_count,
         launched.elapsed(),
         events as f64 / launched.elapsed().as_secs_f64(),
@@ -264,6 +303,33 @@ async fn drain(
         }
     }
     (rate, rss_max)
+}
+
+/// A second worker drained in every round beside the defaults: other flags
+/// (BENCH_VARIANT="--batch-size 2000 --writes-in-flight 2") and/or another build of the worker
+/// (BENCH_VARIANT_BIN=path), for comparing them side by side.
+struct Variant {
+    flags: Vec<String>,
+    binary: Option<std::path::PathBuf>,
+}
+
+impl Variant {
+    fn from_env() -> Option<Self> {
+        let flags: Vec<String> =
+            std::env::var("BENCH_VARIANT").unwrap_or_default().split_whitespace().map(String::from).collect();
+        let binary = std::env::var_os("BENCH_VARIANT_BIN").map(std::path::PathBuf::from);
+        (!flags.is_empty() || binary.is_some()).then_some(Self { flags, binary })
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = self.flags.clone();
+        if let Some(b) = &self.binary {
+            parts.insert(0, b.display().to_string());
+        }
+        f.write_str(&parts.join(" "))
+    }
 }
 
 /// Flags for a worker writing to `database` in its own group: the defaults (batch size, writes
@@ -341,16 +407,24 @@ async fn main() {
         document.append("processed_by", rawdoc! { "worker": "bench-1-0000000000", "generation": 1_i64 });
         docs.push((kind, at.partition, document));
     }
-    let rounds: Vec<(Vec<RawDocumentBuf>, Vec<RawDocumentBuf>)> = docs
-        .chunks(2000)
-        .map(|chunk| {
-            let (gpu, token): (Vec<_>, Vec<_>) = chunk.iter().partition(|(k, _, _)| *k == Kind::GpuMetrics);
-            (
-                gpu.into_iter().map(|(_, _, d)| d.clone()).collect(),
-                token.into_iter().map(|(_, _, d)| d.clone()).collect(),
-            )
-        })
-        .collect();
+    let rounds = split_rounds(&docs);
+    // BENCH_DELIVERY_CHUNK=N (a diagnosis, off by default): the ceiling again with the same
+    // documents in a consumer's order, each partition in runs of N events, to show what the
+    // order alone costs mongod. The target stays against the ceiling in creation order.
+    let delivery_chunk = env_or("BENCH_DELIVERY_CHUNK", 0) as usize;
+    let delivered = (delivery_chunk > 0).then(|| {
+        let ordered = delivery_order(&docs, delivery_chunk);
+        let gpu_ts = ordered
+            .iter()
+            .filter(|(k, _, _)| *k == Kind::GpuMetrics)
+            .map(|(_, _, d)| d.get_datetime("ts").expect("ts").timestamp_millis());
+        println!(
+            "delivery order: runs of {delivery_chunk} events per partition, {:.1} % of gpu_metrics over 100ms behind an earlier-written event",
+            100.0 * behind_share(gpu_ts, Duration::from_millis(100))
+        );
+        split_rounds(&ordered)
+    });
+    let mut delivered_ceilings = Vec::new();
     drop(docs);
     // 1-2. Ceiling and worker, alternated: this machine's speed drifts (shared cores), so
     //      each round measures both, and the figures compared are the rounds' medians. A
@@ -359,40 +433,50 @@ async fn main() {
     let mut workers = Vec::new();
     let mut ratios = Vec::new();
     let mut rss_max = 0u64;
-    // BENCH_VARIANT="--batch-size 2000 --writes-in-flight 2": a second worker with these flags
-    // drains the same backlog in every round, for comparing settings side by side.
-    let variant: Vec<String> =
-        std::env::var("BENCH_VARIANT").unwrap_or_default().split_whitespace().map(String::from).collect();
+    let variant = Variant::from_env();
     let (mut variant_rates, mut variant_ratios) = (Vec::new(), Vec::new());
     for round in 0..env_or("BENCH_ROUNDS", 5) {
         let ceiling = best_insert_rate(&mongod, &broker, &rounds, &format!("ceiling{round}")).await;
         ceilings.push(ceiling);
+        if let Some(delivered) = &delivered {
+            delivered_ceilings.push(best_insert_rate(&mongod, &broker, delivered, &format!("delivered{round}")).await);
+        }
         // With a variant, the two workers take turns going first (the machine drifts).
-        let (rate, rss) = if variant.is_empty() || round % 2 == 0 {
-            let defaults = drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, &[]).await;
-            if !variant.is_empty() {
-                variant_rates
-                    .push(drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, &variant).await.0);
+        let (rate, rss) = match &variant {
+            Some(v) if round % 2 == 1 => {
+                let r = drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, Some(v)).await;
+                variant_rates.push(r.0);
+                drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, None).await
             }
-            defaults
-        } else {
-            variant_rates
-                .push(drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, &variant).await.0);
-            drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, &[]).await
+            _ => {
+                let defaults = drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, None).await;
+                if let Some(v) = &variant {
+                    let r = drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, Some(v)).await;
+                    variant_rates.push(r.0);
+                }
+                defaults
+            }
         };
         workers.push(rate);
         rss_max = rss_max.max(rss);
         println!("round {round}: worker / ceiling = {:.0} %", 100.0 * rate / ceiling);
-        if let Some(v) = variant_rates.last() {
-            println!("round {round}: variant [{}] / ceiling = {:.0} %", variant.join(" "), 100.0 * v / ceiling);
+        if let (Some(v), Some(variant)) = (variant_rates.last(), &variant) {
+            println!("round {round}: variant [{variant}] / ceiling = {:.0} %", 100.0 * v / ceiling);
             variant_ratios.push(v / ceiling);
         }
         ratios.push(rate / ceiling);
     }
-    if !variant.is_empty() {
+    if !delivered_ceilings.is_empty() {
         println!(
-            "variant [{}]: median {:.0} docs/s = {:.0} % of the ceiling by the medians, {:.0} % round by round (defaults: {:.0} %, {:.0} %)",
-            variant.join(" "),
+            "ceiling in delivery order: median {:.0} docs/s = {:.0} % of the ceiling; the worker = {:.0} % of it",
+            median(&delivered_ceilings),
+            100.0 * median(&delivered_ceilings) / median(&ceilings),
+            100.0 * median(&workers) / median(&delivered_ceilings),
+        );
+    }
+    if let Some(variant) = &variant {
+        println!(
+            "variant [{variant}]: median {:.0} docs/s = {:.0} % of the ceiling by the medians, {:.0} % round by round (defaults: {:.0} %, {:.0} %)",
             median(&variant_rates),
             100.0 * median(&variant_rates) / median(&ceilings),
             100.0 * median(&variant_ratios),

@@ -22,6 +22,18 @@ pub fn start_worker(run: &RunDir, name: &str, bootstrap: &str, mongod: &Mongod, 
 
 /// Starts a worker process writing to the MongoDB at `uri`.
 pub fn start_worker_at(run: &RunDir, name: &str, bootstrap: &str, uri: &str, extra: &[&str]) -> Worker {
+    start_worker_binary(env!("CARGO_BIN_EXE_projection-worker").as_ref(), run, name, bootstrap, uri, extra)
+}
+
+/// Starts the worker binary at `binary` (the bench compares builds side by side).
+pub fn start_worker_binary(
+    binary: &std::path::Path,
+    run: &RunDir,
+    name: &str,
+    bootstrap: &str,
+    uri: &str,
+    extra: &[&str],
+) -> Worker {
     let (http, metrics) = (free_port().expect("port"), free_port().expect("port"));
     let args: Vec<OsString> = [
         "--bootstrap-servers",
@@ -47,13 +59,7 @@ pub fn start_worker_at(run: &RunDir, name: &str, bootstrap: &str, uri: &str, ext
     .chain(extra)
     .map(OsString::from)
     .collect();
-    let process = ServiceProcess::spawn(
-        name,
-        env!("CARGO_BIN_EXE_projection-worker").as_ref(),
-        args,
-        &run.sub(name).expect("dir"),
-    )
-    .expect("worker");
+    let process = ServiceProcess::spawn(name, binary, args, &run.sub(name).expect("dir")).expect("worker");
     Worker { process, metrics, http }
 }
 
