@@ -226,12 +226,14 @@ async fn drain(
     run: &RunDir,
     broker: &Broker,
     mongod: &Mongod,
-    round: &str,
-    seed: u64,
+    client: &mongodb::Client,
+    round: u64,
     events: u64,
     variant: Option<&Variant>,
 ) -> (f64, u64) {
     let extra = variant.map_or(&[][..], |v| &v.flags[..]);
+    // A variant drains the same events as the defaults, into its own topics and database.
+    let (seed, round) = (7 + round, if variant.is_some() { format!("{round}v") } else { round.to_string() });
     let (gpu, token) = (format!("backlog{round}_gpu"), format!("backlog{round}_token"));
     broker.create_topic(&gpu, 6).await.expect("topic");
     broker.create_topic(&token, 6).await.expect("topic");
@@ -240,7 +242,7 @@ async fn drain(
     let summary = producer::run(&backlog, std::future::pending()).await.expect("produce");
     assert_eq!(summary.failed, 0);
     let database = format!("bench{round}");
-    let db = mongod.client().await.expect("client").database(&database);
+    let db = client.database(&database);
     let collections = [gpu.as_str(), token.as_str()];
     let mut args = spawn_args(&database);
     args.extend(["--gpu-topic".into(), gpu.clone(), "--token-topic".into(), token.clone()]);
@@ -442,21 +444,19 @@ async fn main() {
             delivered_ceilings.push(best_insert_rate(&mongod, &broker, delivered, &format!("delivered{round}")).await);
         }
         // With a variant, the two workers take turns going first (the machine drifts).
-        let (rate, rss) = match &variant {
-            Some(v) if round % 2 == 1 => {
-                let r = drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, Some(v)).await;
-                variant_rates.push(r.0);
-                drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, None).await
-            }
-            _ => {
-                let defaults = drain(&run, &broker, &mongod, &round.to_string(), 7 + round, events, None).await;
-                if let Some(v) = &variant {
-                    let r = drain(&run, &broker, &mongod, &format!("{round}v"), 7 + round, events, Some(v)).await;
-                    variant_rates.push(r.0);
-                }
-                defaults
+        let variant_first = round % 2 == 1;
+        let mut drain_variant = async || {
+            if let Some(v) = &variant {
+                variant_rates.push(drain(&run, &broker, &mongod, &client, round, events, Some(v)).await.0);
             }
         };
+        if variant_first {
+            drain_variant().await;
+        }
+        let (rate, rss) = drain(&run, &broker, &mongod, &client, round, events, None).await;
+        if !variant_first {
+            drain_variant().await;
+        }
         workers.push(rate);
         rss_max = rss_max.max(rss);
         println!("round {round}: worker / ceiling = {:.0} %", 100.0 * rate / ceiling);
